@@ -1,0 +1,283 @@
+//! The staged parse of an inbound `/ws` client frame (`PROTOCOL.md` §3.4).
+//!
+//! One serde tagged-enum decode cannot tell OpenEnv's error cases apart, so the frame is read
+//! in stages, each with its own outcome: JSON (`INVALID_JSON`, connection open) → object
+//! (`SESSION_ERROR`, fatal) → `type` (`UNKNOWN_TYPE`) → envelope (`VALIDATION_ERROR`). Action
+//! validation belongs to the environment.
+
+use serde_json::Value;
+
+use super::JsonMap;
+use super::frames::{ClientFrame, ErrorCode, ErrorData};
+use super::validation::{FieldKind, Loc, ValidationErrorItem};
+
+/// Why an inbound frame could not become a [`ClientFrame`].
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum FrameError {
+    /// Not JSON. The message mirrors Python's `json` error text.
+    #[error("Invalid JSON: {detail}")]
+    InvalidJson {
+        /// Python-style detail, e.g. `Expecting value: line 1 column 1 (char 0)`.
+        detail: String,
+    },
+    /// JSON, but not an object: fatal (`SESSION_ERROR`, then close 1000).
+    #[error("'{python_type}' object has no attribute 'get'")]
+    NotObject {
+        /// The Python type name of the value (`list`, `str`, `int`, …).
+        python_type: &'static str,
+    },
+    /// Unknown or missing `type`.
+    #[error("Unknown message type: {type_text}")]
+    UnknownType {
+        /// The `type` value as Python's `str()` shows it (empty when missing).
+        type_text: String,
+    },
+    /// The envelope failed validation.
+    #[error("Invalid message")]
+    Invalid {
+        /// pydantic-shaped error items.
+        errors: Vec<ValidationErrorItem>,
+    },
+}
+
+impl FrameError {
+    /// Whether OpenEnv ends the session after this error (`SESSION_ERROR` + close 1000).
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, Self::NotObject { .. })
+    }
+
+    /// The `error` frame payload for this failure.
+    pub fn to_error_data(&self) -> ErrorData {
+        match self {
+            Self::InvalidJson { .. } => ErrorData::new(ErrorCode::InvalidJson, self.to_string()),
+            Self::NotObject { .. } => ErrorData::new(ErrorCode::SessionError, self.to_string()),
+            Self::UnknownType { .. } => ErrorData::new(ErrorCode::UnknownType, self.to_string()),
+            Self::Invalid { errors } => ErrorData::validation(errors),
+        }
+    }
+}
+
+/// Parses one inbound text frame.
+pub fn parse_client_frame(text: &str) -> Result<ClientFrame, FrameError> {
+    let value = parse_json_lenient(text).map_err(|detail| FrameError::InvalidJson { detail })?;
+    let Value::Object(mut object) = value else {
+        return Err(FrameError::NotObject { python_type: python_type_name(&value) });
+    };
+    let kind = match object.get("type") {
+        None => String::new(),
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => python_str(other),
+    };
+    // Which `data` each frame type takes: (allowed, required).
+    let (data_allowed, data_required) = match kind.as_str() {
+        "reset" | "verify" => (true, false),
+        "step" | "mcp" => (true, true),
+        "state" | "close" => (false, false),
+        _ => return Err(FrameError::UnknownType { type_text: kind }),
+    };
+    let mut errors = Vec::new();
+    match object.get("data") {
+        None if data_required => {
+            errors.push(ValidationErrorItem::missing(vec![Loc::from("data")], Value::Object(object.clone())));
+        }
+        Some(data) if !data_allowed => {
+            errors.push(ValidationErrorItem::extra_forbidden(vec![Loc::from("data")], data.clone()));
+        }
+        Some(data) if !data.is_object() => {
+            errors.push(ValidationErrorItem::wrong_type(FieldKind::Object, vec![Loc::from("data")], data.clone()));
+        }
+        Some(Value::Object(data)) if kind == "verify" => {
+            // E1: the client supplies no scoring input at all.
+            for (key, value) in data {
+                errors.push(ValidationErrorItem::extra_forbidden(
+                    vec![Loc::from("data"), Loc::Field(key.clone())],
+                    value.clone(),
+                ));
+            }
+        }
+        _ => {}
+    }
+    for (key, value) in &object {
+        if key != "type" && key != "data" {
+            errors.push(ValidationErrorItem::extra_forbidden(vec![Loc::Field(key.clone())], value.clone()));
+        }
+    }
+    if !errors.is_empty() {
+        return Err(FrameError::Invalid { errors });
+    }
+    let data = object.remove("data");
+    let map = |data: Option<Value>| match data {
+        Some(Value::Object(m)) => m,
+        _ => JsonMap::new(),
+    };
+    Ok(match kind.as_str() {
+        "reset" => ClientFrame::Reset { data: map(data) },
+        "step" => ClientFrame::Step { data: map(data) },
+        "mcp" => ClientFrame::Mcp { data: data.unwrap_or(Value::Null) },
+        "verify" => ClientFrame::Verify { data: map(data) },
+        "state" => ClientFrame::State,
+        _ => ClientFrame::Close,
+    })
+}
+
+/// Python's type name for a JSON value (`json.loads` result types).
+pub fn python_type_name(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "NoneType",
+        Value::Bool(_) => "bool",
+        Value::Number(n) if n.is_f64() => "float",
+        Value::Number(_) => "int",
+        Value::String(_) => "str",
+        Value::Array(_) => "list",
+        Value::Object(_) => "dict",
+    }
+}
+
+/// Python's `str()` of a JSON value, close enough for error messages.
+fn python_str(value: &Value) -> String {
+    match value {
+        Value::Null => "None".to_owned(),
+        Value::Bool(true) => "True".to_owned(),
+        Value::Bool(false) => "False".to_owned(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Parses JSON as Python's `json.loads` does, as far as it matters on the wire: the bare
+/// tokens `NaN`, `Infinity` and `-Infinity` (which `json.dumps` writes for non-finite floats)
+/// are accepted and read as `null`. On failure, returns Python's error text, e.g.
+/// `Expecting value: line 1 column 1 (char 0)`.
+pub fn parse_json_lenient(text: &str) -> Result<Value, String> {
+    match serde_json::from_str::<Value>(text) {
+        Ok(value) => Ok(value),
+        Err(err) => {
+            if let Some(rewritten) = replace_non_finite(text) {
+                if let Ok(value) = serde_json::from_str::<Value>(&rewritten) {
+                    return Ok(value);
+                }
+            }
+            Err(python_json_error(text, &err))
+        }
+    }
+}
+
+/// Rewrites the non-finite float tokens outside strings to `null`; `None` when there are none.
+fn replace_non_finite(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = String::with_capacity(text.len());
+    let (mut i, mut in_string, mut changed, mut last) = (0, false, false, 0);
+    while i < bytes.len() {
+        let b = bytes[i];
+        if in_string {
+            match b {
+                b'\\' => i += 1,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            i += 1;
+            continue;
+        }
+        if b == b'"' {
+            in_string = true;
+            i += 1;
+            continue;
+        }
+        let token = ["-Infinity", "Infinity", "NaN"].into_iter().find(|t| text[i..].starts_with(t));
+        if let Some(token) = token {
+            out.push_str(&text[last..i]);
+            out.push_str("null");
+            i += token.len();
+            last = i;
+            changed = true;
+        } else {
+            i += 1;
+        }
+    }
+    if !changed {
+        return None;
+    }
+    out.push_str(&text[last..]);
+    Some(out)
+}
+
+/// Python `json`'s wording for a serde_json syntax error, with its `line L column C (char N)`.
+fn python_json_error(text: &str, err: &serde_json::Error) -> String {
+    let full = err.to_string();
+    let what = full.split(" at line ").next().unwrap_or(&full);
+    // serde_json's byte position of the error: line/column are 1-based, column may be 0.
+    let line_start: usize = text
+        .split_inclusive('\n')
+        .take(err.line().saturating_sub(1))
+        .map(str::len)
+        .sum();
+    let mut pos = (line_start + err.column().saturating_sub(1)).min(text.len());
+    while pos > 0 && !text.is_char_boundary(pos) {
+        pos -= 1;
+    }
+    let python = match what {
+        "expected value" | "expected ident" | "EOF while parsing a value" | "invalid number" => {
+            // Python reports the start of the bad token.
+            while pos > 0 && text[..pos].ends_with(|c: char| c.is_alphanumeric() || c == '-' || c == '.') {
+                pos -= text[..pos].chars().next_back().map_or(1, char::len_utf8);
+            }
+            "Expecting value".to_owned()
+        }
+        "trailing characters" => "Extra data".to_owned(),
+        "key must be a string" => "Expecting property name enclosed in double quotes".to_owned(),
+        "expected `,` or `}`" | "expected `,` or `]`" => "Expecting ',' delimiter".to_owned(),
+        "expected `:`" => "Expecting ':' delimiter".to_owned(),
+        "EOF while parsing a string" => "Unterminated string".to_owned(),
+        other => {
+            let mut chars = other.chars();
+            chars.next().map_or_else(String::new, |c| c.to_uppercase().chain(chars).collect())
+        }
+    };
+    let line = text[..pos].matches('\n').count() + 1;
+    let line_begin = text[..pos].rfind('\n').map_or(0, |i| i + 1);
+    let column = text[line_begin..pos].chars().count() + 1;
+    let char_index = text[..pos].chars().count();
+    format!("{python}: line {line} column {column} (char {char_index})")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn python_wording_for_common_errors() {
+        assert_eq!(parse_json_lenient("not json").unwrap_err(), "Expecting value: line 1 column 1 (char 0)");
+        assert_eq!(parse_json_lenient("").unwrap_err(), "Expecting value: line 1 column 1 (char 0)");
+        assert_eq!(parse_json_lenient("garbage").unwrap_err(), "Expecting value: line 1 column 1 (char 0)");
+        assert_eq!(parse_json_lenient("{} x").unwrap_err(), "Extra data: line 1 column 4 (char 3)");
+        assert_eq!(
+            parse_json_lenient("{oops").unwrap_err(),
+            "Expecting property name enclosed in double quotes: line 1 column 2 (char 1)"
+        );
+    }
+
+    #[test]
+    fn non_finite_tokens_read_as_null_outside_strings() {
+        let v = parse_json_lenient(r#"{"a": NaN, "b": -Infinity, "c": "NaN Infinity"}"#).unwrap();
+        assert_eq!(v, json!({"a": null, "b": null, "c": "NaN Infinity"}));
+    }
+
+    #[test]
+    fn staged_errors() {
+        assert!(matches!(parse_client_frame("[1, 2]"), Err(FrameError::NotObject { python_type: "list" })));
+        assert_eq!(
+            parse_client_frame(r#"{"data": {}}"#).unwrap_err().to_string(),
+            "Unknown message type: "
+        );
+        assert_eq!(parse_client_frame(r#"{"type": 5}"#).unwrap_err().to_string(), "Unknown message type: 5");
+        let err = parse_client_frame(r#"{"type": "state", "data": {}}"#).unwrap_err();
+        assert_eq!(
+            serde_json::to_string(&err.to_error_data()).unwrap(),
+            r#"{"message":"Invalid message","code":"VALIDATION_ERROR","errors":[{"type":"extra_forbidden","loc":["data"],"msg":"Extra inputs are not permitted","input":{},"url":"https://errors.pydantic.dev/2.14/v/extra_forbidden"}]}"#
+        );
+        let err = parse_client_frame(r#"{"type": "verify", "data": {"reward": 1}}"#).unwrap_err();
+        assert!(matches!(err, FrameError::Invalid { .. }));
+        assert_eq!(parse_client_frame(r#"{"type":"reset"}"#).unwrap(), ClientFrame::Reset { data: JsonMap::new() });
+    }
+}

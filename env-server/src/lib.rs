@@ -1,1 +1,20 @@
-//! stub
+//! `env-server`: an OpenEnv-compatible environment server for agentic reinforcement learning.
+//!
+//! Trainers open one WebSocket per episode (`/ws`) and drive `reset` → `step` → `verify`; the
+//! server runs the environment and computes the reward inside its own boundary. The wire types
+//! come from [`env_client::protocol`]; this crate converts at the edge.
+//!
+//! Layout:
+//! - [`config`]: [`config::ServeConfig`] and [`config::Limits`], every limit a typed field;
+//! - [`server`]: the axum routes, the `/ws` and `/mcp` handlers, [`server::run`];
+//! - [`session`]: the session table, admission, lifecycle and the connection loop;
+//! - [`mcp`]: JSON-RPC dispatch shared by `/ws` `mcp` frames, the `/mcp` WebSocket and `POST /mcp`;
+//! - [`envs`]: the [`envs::Environment`] trait and the environments (`echo`);
+//! - [`pyjson`]: Python `json.dumps` layout for `/mcp` WebSocket replies.
+
+pub mod config;
+pub mod envs;
+pub mod mcp;
+pub mod pyjson;
+pub mod server;
+pub mod session;

@@ -1,1 +1,115 @@
-fn main() {}
+//! The `env-server` binary: parse the command line, set up logging, bind, serve until
+//! SIGINT/SIGTERM, then close every session.
+
+use std::io::Write;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, parser::ValueSource};
+use env_server::config::{LogFormat, ServeConfig};
+use env_server::server::{AppState, run};
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+/// OpenEnv-compatible environment server for agentic reinforcement learning.
+#[derive(Debug, Parser)]
+#[command(name = "env-server", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve one environment over the OpenEnv protocol (WebSocket /ws, HTTP, MCP).
+    Serve(ServeConfig),
+}
+
+/// Peer variable names read as aliases when our own variable is unset (`DESIGN.md`).
+const ALIASES: &[(&str, &str)] = &[("max_sessions", "MAX_CONCURRENT_ENVS")];
+
+fn parse() -> anyhow::Result<Cli> {
+    let matches = Cli::command().get_matches();
+    let mut cli = Cli::from_arg_matches(&matches)?;
+    let Command::Serve(config) = &mut cli.command;
+    if let Some(("serve", sub)) = matches.subcommand() {
+        for (field, var) in ALIASES {
+            if sub.value_source(field) == Some(ValueSource::DefaultValue) {
+                if let Ok(value) = std::env::var(var) {
+                    if *field == "max_sessions" {
+                        config.limits.max_sessions = value
+                            .trim()
+                            .parse()
+                            .ok()
+                            .filter(|n| *n > 0)
+                            .with_context(|| format!("{var}={value:?} is not a positive integer"))?;
+                    }
+                }
+            }
+        }
+    }
+    Ok(cli)
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Raises the soft open-file limit to the hard limit: every session is a socket.
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+            tracing::debug!(from = soft, to = hard, "raised the open-file limit");
+        }
+    }
+}
+
+async fn shutdown_signal(token: CancellationToken) {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+        () = term => tracing::info!("SIGTERM: shutting down"),
+    }
+    token.cancel();
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = parse()?;
+    let Command::Serve(config) = cli.command;
+    init_logging(config.log_format);
+    raise_fd_limit();
+    let factory = env_server::envs::factory(&config.env)
+        .with_context(|| format!("unknown environment {:?}", config.env))?;
+    let listener = tokio::net::TcpListener::bind((config.host, config.port))
+        .await
+        .with_context(|| format!("cannot bind {}:{}", config.host, config.port))?;
+    let addr = listener.local_addr()?;
+    let shutdown = CancellationToken::new();
+    let state = Arc::new(AppState::new(factory, config.limits.clone(), shutdown.clone()));
+    tracing::info!(%addr, env = %config.env, max_sessions = config.limits.max_sessions, "env-server listening");
+    {
+        let mut out = std::io::stdout().lock();
+        #[allow(clippy::print_stdout)]
+        {
+            writeln!(out, "env-server listening on {addr}")?;
+        }
+        out.flush()?;
+    }
+    tokio::spawn(shutdown_signal(shutdown));
+    run(listener, state).await?;
+    Ok(())
+}

@@ -38,10 +38,16 @@ fn python_repr(value: &Value) -> String {
         Value::Bool(true) => "True".to_owned(),
         Value::Bool(false) => "False".to_owned(),
         Value::String(s) => format!("'{s}'"),
-        Value::Array(items) => format!("[{}]", items.iter().map(python_repr).collect::<Vec<_>>().join(", ")),
+        Value::Array(items) => format!(
+            "[{}]",
+            items.iter().map(python_repr).collect::<Vec<_>>().join(", ")
+        ),
         Value::Object(map) => format!(
             "{{{}}}",
-            map.iter().map(|(k, v)| format!("'{k}': {}", python_repr(v))).collect::<Vec<_>>().join(", ")
+            map.iter()
+                .map(|(k, v)| format!("'{k}': {}", python_repr(v)))
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
         Value::Number(n) => n.to_string(),
     }
@@ -67,35 +73,68 @@ fn validate(body: Value) -> Result<Request, String> {
     match obj.get("jsonrpc") {
         None => err("jsonrpc", "Field required", "missing", &input, "dict"),
         Some(Value::String(s)) if s == "2.0" => {}
-        Some(other) => err("jsonrpc", "Input should be '2.0'", "literal_error", &python_repr(other), "str"),
+        Some(other) => err(
+            "jsonrpc",
+            "Input should be '2.0'",
+            "literal_error",
+            &python_repr(other),
+            "str",
+        ),
     }
     match obj.get("method") {
         None => err("method", "Field required", "missing", &input, "dict"),
         Some(Value::String(_)) => {}
-        Some(other) => err("method", "Input should be a valid string", "string_type", &python_repr(other), "int"),
+        Some(other) => err(
+            "method",
+            "Input should be a valid string",
+            "string_type",
+            &python_repr(other),
+            "int",
+        ),
     }
     match obj.get("params") {
         None | Some(Value::Object(_)) => {}
-        Some(other) => err("params", "Input should be a valid dictionary", "dict_type", &python_repr(other), "list"),
+        Some(other) => err(
+            "params",
+            "Input should be a valid dictionary",
+            "dict_type",
+            &python_repr(other),
+            "list",
+        ),
     }
     let id = match obj.get("id") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(JsonRpcId::Str(s.clone())),
         Some(Value::Number(n)) if n.as_i64().is_some() => n.as_i64().map(JsonRpcId::Int),
         Some(other) => {
-            err("id", "Input should be a valid string or integer", "union_type", &python_repr(other), "float");
+            err(
+                "id",
+                "Input should be a valid string or integer",
+                "union_type",
+                &python_repr(other),
+                "float",
+            );
             None
         }
     };
     for (key, value) in &obj {
         if !matches!(key.as_str(), "jsonrpc" | "method" | "params" | "id") {
-            err(key, "Extra inputs are not permitted", "extra_forbidden", &python_repr(value), "int");
+            err(
+                key,
+                "Extra inputs are not permitted",
+                "extra_forbidden",
+                &python_repr(value),
+                "int",
+            );
         }
     }
     if !errors.is_empty() {
         let n = errors.len();
         let plural = if n == 1 { "error" } else { "errors" };
-        return Err(format!("{n} validation {plural} for JsonRpcRequest\n{}", errors.join("\n")));
+        return Err(format!(
+            "{n} validation {plural} for JsonRpcRequest\n{}",
+            errors.join("\n")
+        ));
     }
     let method = match obj.remove("method") {
         Some(Value::String(m)) => m,
@@ -121,7 +160,13 @@ pub fn parse_error(detail: Option<&str>) -> JsonRpcResponse {
 pub async fn dispatch(registry: &Arc<Registry>, scope: Scope<'_>, body: Value) -> JsonRpcResponse {
     let req = match validate(body) {
         Ok(req) => req,
-        Err(text) => return JsonRpcResponse::error(None, codes::INVALID_REQUEST, format!("Invalid request: {text}")),
+        Err(text) => {
+            return JsonRpcResponse::error(
+                None,
+                codes::INVALID_REQUEST,
+                format!("Invalid request: {text}"),
+            );
+        }
     };
     let id = req.id.clone();
     match handle(registry, scope, req).await {
@@ -146,7 +191,10 @@ fn named_session(registry: &Registry, id: &str) -> Result<Arc<Session>, (i64, St
         .get(id)
         .ok_or_else(|| rpc_err(codes::INVALID_PARAMS, format!("Unknown session_id: {id}")))?;
     if session.env().is_none() {
-        return Err(rpc_err(codes::INVALID_REQUEST, format!("Session {id} is still initializing; retry shortly")));
+        return Err(rpc_err(
+            codes::INVALID_REQUEST,
+            format!("Session {id} is still initializing; retry shortly"),
+        ));
     }
     registry.touch(&session);
     Ok(session)
@@ -157,18 +205,26 @@ async fn handle(registry: &Arc<Registry>, scope: Scope<'_>, req: Request) -> Rpc
     match req.method.as_str() {
         "tools/list" => {
             if tools.is_empty() {
-                return Err(rpc_err(codes::INTERNAL_ERROR, "Environment does not support MCP"));
+                return Err(rpc_err(
+                    codes::INTERNAL_ERROR,
+                    "Environment does not support MCP",
+                ));
             }
             if let (Scope::Http, Some(id)) = (&scope, session_param(&req.params)) {
                 named_session(registry, id)?;
             }
-            let listing: Vec<ToolListing> =
-                tools.iter().map(|t| ToolListing::new(&t.tool, t.output_schema.clone())).collect();
+            let listing: Vec<ToolListing> = tools
+                .iter()
+                .map(|t| ToolListing::new(&t.tool, t.output_schema.clone()))
+                .collect();
             Ok(json!({ "tools": listing }))
         }
         "tools/call" => {
             if tools.is_empty() {
-                return Err(rpc_err(codes::INTERNAL_ERROR, "Environment does not support MCP"));
+                return Err(rpc_err(
+                    codes::INTERNAL_ERROR,
+                    "Environment does not support MCP",
+                ));
             }
             let Some(name) = req.params.get("name").and_then(Value::as_str) else {
                 return Err(rpc_err(codes::INVALID_PARAMS, "Missing 'name' in params"));
@@ -183,7 +239,10 @@ async fn handle(registry: &Arc<Registry>, scope: Scope<'_>, req: Request) -> Rpc
                     Some(id) => {
                         let session = named_session(registry, id)?;
                         let Some(env) = session.env() else {
-                            return Err(rpc_err(codes::INVALID_PARAMS, format!("Unknown session_id: {id}")));
+                            return Err(rpc_err(
+                                codes::INVALID_PARAMS,
+                                format!("Unknown session_id: {id}"),
+                            ));
                         };
                         env.lock().await.call_tool(name, arguments).await
                     }
@@ -200,7 +259,9 @@ async fn handle(registry: &Arc<Registry>, scope: Scope<'_>, req: Request) -> Rpc
                 },
             };
             match outcome {
-                Ok(value) => Ok(serde_json::to_value(ToolResult::from_value(value)).unwrap_or(Value::Null)),
+                Ok(value) => {
+                    Ok(serde_json::to_value(ToolResult::from_value(value)).unwrap_or(Value::Null))
+                }
                 Err(err) => {
                     let code = if err.error_type == ToolErrorType::InvalidArgs {
                         codes::INVALID_PARAMS
@@ -225,21 +286,35 @@ async fn handle(registry: &Arc<Registry>, scope: Scope<'_>, req: Request) -> Rpc
                 )),
                 Err(err @ AdmitError::Factory { factory_name, .. }) => {
                     tracing::warn!(error = ?err, "environment factory failed");
-                    Err((codes::SERVER_ERROR, err.to_string(), json!({ "factory_name": factory_name })))
+                    Err((
+                        codes::SERVER_ERROR,
+                        err.to_string(),
+                        json!({ "factory_name": factory_name }),
+                    ))
                 }
             },
         },
         "openenv/session/close" => {
             let Some(id) = session_param(&req.params) else {
-                return Err(rpc_err(codes::INVALID_PARAMS, "Invalid params - 'session_id' is required"));
+                return Err(rpc_err(
+                    codes::INVALID_PARAMS,
+                    "Invalid params - 'session_id' is required",
+                ));
             };
-            let session =
-                registry.get(id).ok_or_else(|| rpc_err(codes::INVALID_PARAMS, format!("Unknown session_id: {id}")))?;
+            let session = registry.get(id).ok_or_else(|| {
+                rpc_err(codes::INVALID_PARAMS, format!("Unknown session_id: {id}"))
+            })?;
             if session.owner() == Owner::WebSocket {
-                return Err(rpc_err(codes::INVALID_REQUEST, "Cannot close active WebSocket-managed session via MCP method"));
+                return Err(rpc_err(
+                    codes::INVALID_REQUEST,
+                    "Cannot close active WebSocket-managed session via MCP method",
+                ));
             }
             if session.env().is_none() {
-                return Err(rpc_err(codes::INVALID_REQUEST, format!("Session {id} is still initializing; retry shortly")));
+                return Err(rpc_err(
+                    codes::INVALID_REQUEST,
+                    format!("Session {id} is still initializing; retry shortly"),
+                ));
             }
             if session.is_attached() {
                 session.mark_closing();
@@ -248,7 +323,10 @@ async fn handle(registry: &Arc<Registry>, scope: Scope<'_>, req: Request) -> Rpc
             registry.destroy(&session).await;
             Ok(json!({"session_id": id, "closed": true}))
         }
-        other => Err(rpc_err(codes::METHOD_NOT_FOUND, format!("Method not found: {other}"))),
+        other => Err(rpc_err(
+            codes::METHOD_NOT_FOUND,
+            format!("Method not found: {other}"),
+        )),
     }
 }
 

@@ -8,18 +8,18 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use axum::serve::ListenerExt;
+use env_client::protocol::validation::{FieldKind, Loc};
 use env_client::protocol::{
     ClientFrame, EnvState, ErrorCode, ErrorData, HttpStepResponse, JsonMap, ObservationEnvelope,
     ServerFrame, ValidationErrorItem, parse_client_frame, parse_json_lenient,
 };
-use env_client::protocol::validation::{FieldKind, Loc};
 use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -53,7 +53,9 @@ pub struct AppState {
 
 impl std::fmt::Debug for AppState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AppState").field("registry", &self.registry).finish_non_exhaustive()
+        f.debug_struct("AppState")
+            .field("registry", &self.registry)
+            .finish_non_exhaustive()
     }
 }
 
@@ -80,16 +82,47 @@ pub fn app(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/ws", any(ws_route))
         .route("/mcp", post(mcp_post).get(mcp_ws_route))
-        .route("/health", get(|| async { json_response(StatusCode::OK, Bytes::from_static(br#"{"status":"healthy"}"#)) }))
-        .route("/metadata", get(|State(s): State<Arc<AppState>>| async move { json_response(StatusCode::OK, s.metadata.clone()) }))
-        .route("/schema", get(|State(s): State<Arc<AppState>>| async move { json_response(StatusCode::OK, s.schema.clone()) }))
-        .route("/openapi.json", get(|State(s): State<Arc<AppState>>| async move { json_response(StatusCode::OK, s.openapi.clone()) }))
+        .route(
+            "/health",
+            get(|| async {
+                json_response(
+                    StatusCode::OK,
+                    Bytes::from_static(br#"{"status":"healthy"}"#),
+                )
+            }),
+        )
+        .route(
+            "/metadata",
+            get(|State(s): State<Arc<AppState>>| async move {
+                json_response(StatusCode::OK, s.metadata.clone())
+            }),
+        )
+        .route(
+            "/schema",
+            get(|State(s): State<Arc<AppState>>| async move {
+                json_response(StatusCode::OK, s.schema.clone())
+            }),
+        )
+        .route(
+            "/openapi.json",
+            get(|State(s): State<Arc<AppState>>| async move {
+                json_response(StatusCode::OK, s.openapi.clone())
+            }),
+        )
         .route("/reset", post(http_reset))
         .route("/step", post(http_step))
         .route("/state", get(http_state))
-        .fallback(|| async { json_response(StatusCode::NOT_FOUND, Bytes::from_static(br#"{"detail":"Not Found"}"#)) })
+        .fallback(|| async {
+            json_response(
+                StatusCode::NOT_FOUND,
+                Bytes::from_static(br#"{"detail":"Not Found"}"#),
+            )
+        })
         .method_not_allowed_fallback(|| async {
-            json_response(StatusCode::METHOD_NOT_ALLOWED, Bytes::from_static(br#"{"detail":"Method Not Allowed"}"#))
+            json_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                Bytes::from_static(br#"{"detail":"Method Not Allowed"}"#),
+            )
         })
         .layer(tower_http::catch_panic::CatchPanicLayer::new())
         .with_state(state)
@@ -108,8 +141,14 @@ pub async fn run(listener: TcpListener, state: Arc<AppState>) -> std::io::Result
         .await?;
     state.tracker.close();
     let grace = state.limits.shutdown_grace();
-    if tokio::time::timeout(grace, state.tracker.wait()).await.is_err() {
-        tracing::warn!(left = state.tracker.len(), "shutdown grace expired with sessions still closing");
+    if tokio::time::timeout(grace, state.tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            left = state.tracker.len(),
+            "shutdown grace expired with sessions still closing"
+        );
     }
     state.registry.destroy_all().await;
     reaper.abort();
@@ -139,11 +178,18 @@ fn json_response(status: StatusCode, body: Bytes) -> Response {
 }
 
 fn json_value_response(status: StatusCode, value: &impl serde::Serialize) -> Response {
-    json_response(status, Bytes::from(serde_json::to_vec(value).unwrap_or_default()))
+    json_response(
+        status,
+        Bytes::from(serde_json::to_vec(value).unwrap_or_default()),
+    )
 }
 
 fn internal_error() -> Response {
-    (StatusCode::INTERNAL_SERVER_ERROR, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], "Internal Server Error")
+    (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        "Internal Server Error",
+    )
         .into_response()
 }
 
@@ -177,7 +223,10 @@ async fn ws_route(
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     let Ok(upgrade) = upgrade else {
-        return json_response(StatusCode::NOT_FOUND, Bytes::from_static(br#"{"detail":"Not Found"}"#));
+        return json_response(
+            StatusCode::NOT_FOUND,
+            Bytes::from_static(br#"{"detail":"Not Found"}"#),
+        );
     };
     let tracker = state.tracker.clone();
     configure(upgrade, &state.limits)
@@ -187,8 +236,16 @@ async fn ws_route(
 /// Sends one frame, closes 1000, and waits briefly for the peer's close (connect-time errors).
 async fn refuse(mut socket: WebSocket, frame: String) {
     let _ = socket.send(Message::Text(frame.into())).await;
-    let _ = socket.send(Message::Close(Some(CloseFrame { code: 1000, reason: "".into() }))).await;
-    let _ = tokio::time::timeout(Duration::from_secs(2), async { while socket.next().await.is_some() {} }).await;
+    let _ = socket
+        .send(Message::Close(Some(CloseFrame {
+            code: 1000,
+            reason: "".into(),
+        })))
+        .await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while socket.next().await.is_some() {}
+    })
+    .await;
 }
 
 async fn serve_ws(socket: WebSocket, state: Arc<AppState>, attach: Option<String>) {
@@ -198,14 +255,22 @@ async fn serve_ws(socket: WebSocket, state: Arc<AppState>, attach: Option<String
             Ok(session) => session,
             Err(err) => {
                 tracing::info!(%err, "attach refused");
-                return refuse(socket, error_frame(ErrorData::new(ErrorCode::SessionError, err.to_string()))).await;
+                return refuse(
+                    socket,
+                    error_frame(ErrorData::new(ErrorCode::SessionError, err.to_string())),
+                )
+                .await;
             }
         },
         None => match registry.admit(Owner::WebSocket).await {
             Ok(session) => session,
             Err(AdmitError::Capacity { active, max }) => {
                 tracing::info!(active, max, "session refused: at capacity");
-                return refuse(socket, error_frame(ErrorData::capacity_reached(active, max))).await;
+                return refuse(
+                    socket,
+                    error_frame(ErrorData::capacity_reached(active, max)),
+                )
+                .await;
             }
             Err(err @ AdmitError::Factory { factory_name, .. }) => {
                 tracing::warn!(error = ?err, "environment factory failed");
@@ -213,8 +278,11 @@ async fn serve_ws(socket: WebSocket, state: Arc<AppState>, attach: Option<String
             }
         },
     };
-    let Some(env) = session.env().cloned() else { return };
-    let span = tracing::info_span!("session", session_id = %session.id, env = registry.factory().name());
+    let Some(env) = session.env().cloned() else {
+        return;
+    };
+    let span =
+        tracing::info_span!("session", session_id = %session.id, env = registry.factory().name());
     let handler = WsHandler {
         registry: Arc::clone(&registry),
         session_id: session.id.clone(),
@@ -223,7 +291,15 @@ async fn serve_ws(socket: WebSocket, state: Arc<AppState>, attach: Option<String
     };
     async move {
         tracing::info!("session opened");
-        let ended = drive(socket, handler, session, registry, state.limits.clone(), state.shutdown.clone()).await;
+        let ended = drive(
+            socket,
+            handler,
+            session,
+            registry,
+            state.limits.clone(),
+            state.shutdown.clone(),
+        )
+        .await;
         tracing::info!(?ended, "session closed");
     }
     .instrument(span)
@@ -241,11 +317,20 @@ struct WsHandler {
 impl FrameHandler for WsHandler {
     fn on_text(&mut self, text: &str) -> Handled {
         let frame = match parse_client_frame(text) {
-            Ok(ClientFrame::Close) => return Handled::Reply(Outgoing { frame: None, close: Some((1000, String::new())) }),
+            Ok(ClientFrame::Close) => {
+                return Handled::Reply(Outgoing {
+                    frame: None,
+                    close: Some((1000, String::new())),
+                });
+            }
             Ok(frame) => frame,
             Err(err) => {
                 let reply = error_frame(err.to_error_data());
-                return Handled::Reply(if err.is_fatal() { Outgoing::fatal(reply) } else { Outgoing::frame(reply) });
+                return Handled::Reply(if err.is_fatal() {
+                    Outgoing::fatal(reply)
+                } else {
+                    Outgoing::frame(reply)
+                });
             }
         };
         let env = Arc::clone(&self.env);
@@ -256,10 +341,17 @@ impl FrameHandler for WsHandler {
             let mut env = env.lock_owned().await;
             let kind = frame.type_name();
             catch_panic(
-                async { Outgoing::frame(server_frame(&respond(&registry, &session_id, &mut **env, frame, has_tools).await)) },
+                async {
+                    Outgoing::frame(server_frame(
+                        &respond(&registry, &session_id, &mut **env, frame, has_tools).await,
+                    ))
+                },
                 || {
                     tracing::error!(frame = kind, "environment panicked; closing the session");
-                    Outgoing::fatal(error_frame(ErrorData::new(ErrorCode::SessionError, "internal error in the environment")))
+                    Outgoing::fatal(error_frame(ErrorData::new(
+                        ErrorCode::SessionError,
+                        "internal error in the environment",
+                    )))
                 },
             )
             .await
@@ -267,13 +359,19 @@ impl FrameHandler for WsHandler {
     }
 
     fn on_binary(&mut self) -> Outgoing {
-        Outgoing::fatal(error_frame(ErrorData::new(ErrorCode::SessionError, "'text'")))
+        Outgoing::fatal(error_frame(ErrorData::new(
+            ErrorCode::SessionError,
+            "'text'",
+        )))
     }
 
     fn on_idle_timeout(&mut self, idle: Duration) -> Outgoing {
         Outgoing::fatal(error_frame(ErrorData::new(
             ErrorCode::SessionError,
-            format!("Session idle timeout: no request for {} s; session closed", idle.as_secs()),
+            format!(
+                "Session idle timeout: no request for {} s; session closed",
+                idle.as_secs()
+            ),
         )))
     }
 }
@@ -286,7 +384,11 @@ fn env_error(err: EnvError) -> ServerFrame {
 }
 
 fn observation(outcome: StepOutcome) -> ServerFrame {
-    ServerFrame::Observation(ObservationEnvelope::new(outcome.observation, outcome.reward, outcome.done))
+    ServerFrame::Observation(ObservationEnvelope::new(
+        outcome.observation,
+        outcome.reward,
+        outcome.done,
+    ))
 }
 
 /// Answers one parsed frame (not `close`) on a session's env.
@@ -308,12 +410,21 @@ async fn respond(
             ServerFrame::Mcp(mcp::dispatch(registry, Scope::Socket { session_id, env }, data).await)
         }
         ClientFrame::Verify { .. } => match env.verify().await {
-            None => ServerFrame::Error(ErrorData::new(ErrorCode::UnknownType, "Unknown message type: verify")),
+            None => ServerFrame::Error(ErrorData::new(
+                ErrorCode::UnknownType,
+                "Unknown message type: verify",
+            )),
             Some(Ok(result)) if result.reward.is_finite() => ServerFrame::Verify(result),
-            Some(Ok(_)) => ServerFrame::Error(ErrorData::new(ErrorCode::ExecutionError, "verifier produced a non-finite reward")),
+            Some(Ok(_)) => ServerFrame::Error(ErrorData::new(
+                ErrorCode::ExecutionError,
+                "verifier produced a non-finite reward",
+            )),
             Some(Err(err)) => env_error(err),
         },
-        ClientFrame::Close => ServerFrame::Error(ErrorData::new(ErrorCode::UnknownType, "Unknown message type: close")),
+        ClientFrame::Close => ServerFrame::Error(ErrorData::new(
+            ErrorCode::UnknownType,
+            "Unknown message type: close",
+        )),
     }
 }
 
@@ -325,10 +436,14 @@ async fn mcp_ws_route(
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     let Ok(upgrade) = upgrade else {
-        return json_response(StatusCode::METHOD_NOT_ALLOWED, Bytes::from_static(br#"{"detail":"Method Not Allowed"}"#));
+        return json_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            Bytes::from_static(br#"{"detail":"Method Not Allowed"}"#),
+        );
     };
     let tracker = state.tracker.clone();
-    configure(upgrade, &state.limits).on_upgrade(move |socket| tracker.track_future(serve_mcp_ws(socket, state)))
+    configure(upgrade, &state.limits)
+        .on_upgrade(move |socket| tracker.track_future(serve_mcp_ws(socket, state)))
 }
 
 async fn serve_mcp_ws(socket: WebSocket, state: Arc<AppState>) {
@@ -337,7 +452,9 @@ async fn serve_mcp_ws(socket: WebSocket, state: Arc<AppState>) {
         Ok(session) => session,
         Err(err) => {
             let data = match &err {
-                AdmitError::Capacity { active, max } => json!({"active_sessions": active, "max_sessions": max}),
+                AdmitError::Capacity { active, max } => {
+                    json!({"active_sessions": active, "max_sessions": max})
+                }
                 AdmitError::Factory { factory_name, .. } => json!({ "factory_name": factory_name }),
             };
             let reply = env_client::protocol::JsonRpcResponse::error_with_data(
@@ -349,12 +466,25 @@ async fn serve_mcp_ws(socket: WebSocket, state: Arc<AppState>) {
             return refuse(socket, to_python_json(&reply)).await;
         }
     };
-    let Some(env) = session.env().cloned() else { return };
+    let Some(env) = session.env().cloned() else {
+        return;
+    };
     let span = tracing::info_span!("mcp_session", session_id = %session.id, env = registry.factory().name());
-    let handler = McpSocketHandler { registry: Arc::clone(&registry), session_id: session.id.clone(), env };
-    drive(socket, handler, session, registry, state.limits.clone(), state.shutdown.clone())
-        .instrument(span)
-        .await;
+    let handler = McpSocketHandler {
+        registry: Arc::clone(&registry),
+        session_id: session.id.clone(),
+        env,
+    };
+    drive(
+        socket,
+        handler,
+        session,
+        registry,
+        state.limits.clone(),
+        state.shutdown.clone(),
+    )
+    .instrument(span)
+    .await;
 }
 
 /// Bare JSON-RPC frames on the `/mcp` WebSocket, answered in Python `json.dumps` layout.
@@ -368,32 +498,56 @@ impl FrameHandler for McpSocketHandler {
     fn on_text(&mut self, text: &str) -> Handled {
         let body = match parse_json_lenient(text) {
             Ok(body) => body,
-            Err(detail) => return Handled::Reply(Outgoing::frame(to_python_json(&mcp::parse_error(Some(&detail))))),
+            Err(detail) => {
+                return Handled::Reply(Outgoing::frame(to_python_json(&mcp::parse_error(Some(
+                    &detail,
+                )))));
+            }
         };
-        let (env, registry, session_id) = (Arc::clone(&self.env), Arc::clone(&self.registry), self.session_id.clone());
+        let (env, registry, session_id) = (
+            Arc::clone(&self.env),
+            Arc::clone(&self.registry),
+            self.session_id.clone(),
+        );
         Handled::Pending(Box::pin(async move {
             let mut env = env.lock_owned().await;
-            let reply = mcp::dispatch(&registry, Scope::Socket { session_id: &session_id, env: &mut **env }, body).await;
+            let reply = mcp::dispatch(
+                &registry,
+                Scope::Socket {
+                    session_id: &session_id,
+                    env: &mut **env,
+                },
+                body,
+            )
+            .await;
             Outgoing::frame(to_python_json(&reply))
         }))
     }
 
     fn on_binary(&mut self) -> Outgoing {
-        Outgoing::fatal(to_python_json(&mcp::parse_error(Some("binary frames are not supported"))))
+        Outgoing::fatal(to_python_json(&mcp::parse_error(Some(
+            "binary frames are not supported",
+        ))))
     }
 
     fn on_idle_timeout(&mut self, idle: Duration) -> Outgoing {
         let reply = env_client::protocol::JsonRpcResponse::error(
             None,
             env_client::protocol::mcp::codes::SERVER_ERROR,
-            format!("Session idle timeout: no request for {} s; session closed", idle.as_secs()),
+            format!(
+                "Session idle timeout: no request for {} s; session closed",
+                idle.as_secs()
+            ),
         );
         Outgoing::fatal(to_python_json(&reply))
     }
 }
 
 async fn mcp_post(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
-    let reply = match std::str::from_utf8(&body).map_err(|_| ()).and_then(|t| parse_json_lenient(t).map_err(|_| ())) {
+    let reply = match std::str::from_utf8(&body)
+        .map_err(|_| ())
+        .and_then(|t| parse_json_lenient(t).map_err(|_| ()))
+    {
         Ok(value) => mcp::dispatch(&state.registry, Scope::Http, value).await,
         Err(()) => mcp::parse_error(None),
     };
@@ -404,34 +558,51 @@ async fn mcp_post(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
 // Stateless HTTP /reset, /step, /state
 
 fn unprocessable(detail: &[ValidationErrorItem]) -> Response {
-    json_value_response(StatusCode::UNPROCESSABLE_ENTITY, &json!({ "detail": detail }))
+    json_value_response(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        &json!({ "detail": detail }),
+    )
 }
 
 /// Reads an optional JSON object body, as FastAPI does (empty body = `{}`).
-fn body_object(body: &Bytes, required: bool) -> Result<JsonMap, Response> {
+fn body_object(body: &Bytes, required: bool) -> Result<JsonMap, Vec<ValidationErrorItem>> {
     if body.is_empty() && !required {
         return Ok(JsonMap::new());
     }
-    let parsed = std::str::from_utf8(body).map_err(|e| e.to_string()).and_then(parse_json_lenient);
+    let parsed = std::str::from_utf8(body)
+        .map_err(|e| e.to_string())
+        .and_then(parse_json_lenient);
     match parsed {
         Ok(Value::Object(map)) => Ok(map),
-        Ok(other) => Err(unprocessable(&[ValidationErrorItem::new(
-            "model_attributes_type",
-            vec![Loc::from("body")],
-            "Input should be a valid dictionary or object to extract fields from",
-            other,
-        )
-        .without_url()])),
+        Ok(other) => Err(vec![
+            ValidationErrorItem::new(
+                "model_attributes_type",
+                vec![Loc::from("body")],
+                "Input should be a valid dictionary or object to extract fields from",
+                other,
+            )
+            .without_url(),
+        ]),
         Err(detail) => {
-            let mut item = ValidationErrorItem::new("json_invalid", vec![Loc::from("body"), Loc::Index(0)], "JSON decode error", json!({}))
-                .without_url();
+            let mut item = ValidationErrorItem::new(
+                "json_invalid",
+                vec![Loc::from("body"), Loc::Index(0)],
+                "JSON decode error",
+                json!({}),
+            )
+            .without_url();
             item.ctx = Some(json!({ "error": detail.split(':').next().unwrap_or("Invalid JSON") }));
-            Err(unprocessable(&[item]))
+            Err(vec![item])
         }
     }
 }
 
-fn check_optional_str(body: &JsonMap, key: &str, max_len: usize, errors: &mut Vec<ValidationErrorItem>) {
+fn check_optional_str(
+    body: &JsonMap,
+    key: &str,
+    max_len: usize,
+    errors: &mut Vec<ValidationErrorItem>,
+) {
     match body.get(key) {
         None | Some(Value::Null) => {}
         Some(Value::String(s)) if s.chars().count() <= max_len => {}
@@ -447,7 +618,12 @@ fn check_optional_str(body: &JsonMap, key: &str, max_len: usize, errors: &mut Ve
             errors.push(item);
         }
         Some(other) => errors.push(
-            ValidationErrorItem::wrong_type(FieldKind::Str, vec![Loc::from("body"), Loc::from(key)], other.clone()).without_url(),
+            ValidationErrorItem::wrong_type(
+                FieldKind::Str,
+                vec![Loc::from("body"), Loc::from(key)],
+                other.clone(),
+            )
+            .without_url(),
         ),
     }
 }
@@ -462,7 +638,8 @@ async fn fresh_env(state: &AppState) -> Result<Box<dyn Environment>, Response> {
 fn http_outcome(result: Result<StepOutcome, EnvError>) -> Response {
     match result {
         Ok(outcome) => {
-            let envelope = ObservationEnvelope::new(outcome.observation, outcome.reward, outcome.done);
+            let envelope =
+                ObservationEnvelope::new(outcome.observation, outcome.reward, outcome.done);
             json_value_response(StatusCode::OK, &HttpStepResponse::from(envelope))
         }
         Err(EnvError::Validation { errors }) => unprocessable(&errors),
@@ -476,7 +653,7 @@ fn http_outcome(result: Result<StepOutcome, EnvError>) -> Response {
 async fn http_reset(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
     let kwargs = match body_object(&body, false) {
         Ok(map) => map,
-        Err(resp) => return resp,
+        Err(errors) => return unprocessable(&errors),
     };
     let mut errors = Vec::new();
     match kwargs.get("seed") {
@@ -494,7 +671,14 @@ async fn http_reset(State(state): State<Arc<AppState>>, body: Bytes) -> Response
                 errors.push(item);
             }
         }
-        Some(v) => errors.push(ValidationErrorItem::wrong_type(FieldKind::Int, vec![Loc::from("body"), Loc::from("seed")], v.clone()).without_url()),
+        Some(v) => errors.push(
+            ValidationErrorItem::wrong_type(
+                FieldKind::Int,
+                vec![Loc::from("body"), Loc::from("seed")],
+                v.clone(),
+            )
+            .without_url(),
+        ),
     }
     check_optional_str(&kwargs, "episode_id", 255, &mut errors);
     if !errors.is_empty() {
@@ -512,17 +696,30 @@ async fn http_reset(State(state): State<Arc<AppState>>, body: Bytes) -> Response
 async fn http_step(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
     let mut request = match body_object(&body, true) {
         Ok(map) => map,
-        Err(resp) => return resp,
+        Err(errors) => return unprocessable(&errors),
     };
     let mut errors = Vec::new();
     let action = match request.get("action") {
         None => {
-            errors.push(ValidationErrorItem::missing(vec![Loc::from("body"), Loc::from("action")], Value::Object(request.clone())).without_url());
+            errors.push(
+                ValidationErrorItem::missing(
+                    vec![Loc::from("body"), Loc::from("action")],
+                    Value::Object(request.clone()),
+                )
+                .without_url(),
+            );
             JsonMap::new()
         }
         Some(Value::Object(a)) => a.clone(),
         Some(other) => {
-            errors.push(ValidationErrorItem::wrong_type(FieldKind::Object, vec![Loc::from("body"), Loc::from("action")], other.clone()).without_url());
+            errors.push(
+                ValidationErrorItem::wrong_type(
+                    FieldKind::Object,
+                    vec![Loc::from("body"), Loc::from("action")],
+                    other.clone(),
+                )
+                .without_url(),
+            );
             JsonMap::new()
         }
     };
@@ -568,7 +765,14 @@ async fn http_state(State(state): State<Arc<AppState>>) -> Response {
     let s = env.state();
     env.close().await;
     // The declared model is the base `State`: extras are dropped (PROTOCOL.md §5).
-    json_value_response(StatusCode::OK, &EnvState { episode_id: s.episode_id, step_count: s.step_count, extra: JsonMap::new() })
+    json_value_response(
+        StatusCode::OK,
+        &EnvState {
+            episode_id: s.episode_id,
+            step_count: s.step_count,
+            extra: JsonMap::new(),
+        },
+    )
 }
 
 // ---------------------------------------------------------------------------------------------

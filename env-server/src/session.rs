@@ -138,7 +138,10 @@ pub struct Registry {
 
 impl std::fmt::Debug for Registry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Registry").field("max", &self.max).field("active", &self.active()).finish_non_exhaustive()
+        f.debug_struct("Registry")
+            .field("max", &self.max)
+            .field("active", &self.active())
+            .finish_non_exhaustive()
     }
 }
 
@@ -179,18 +182,26 @@ impl Registry {
 
     /// Records activity on a session (resets its idle clock).
     pub fn touch(&self, session: &Session) {
-        session.last_active_ms.store(self.now_ms(), Ordering::Relaxed);
+        session
+            .last_active_ms
+            .store(self.now_ms(), Ordering::Relaxed);
     }
 
     fn idle_for(&self, session: &Session) -> Duration {
-        Duration::from_millis(self.now_ms().saturating_sub(session.last_active_ms.load(Ordering::Relaxed)))
+        Duration::from_millis(
+            self.now_ms()
+                .saturating_sub(session.last_active_ms.load(Ordering::Relaxed)),
+        )
     }
 
     /// Admits a session: takes a slot (or fails with `Capacity`), registers it as
     /// initialising, constructs its env (or fails with `Factory`, freeing the slot).
     pub async fn admit(&self, owner: Owner) -> Result<Arc<Session>, AdmitError> {
         let Ok(slot) = self.slots.clone().try_acquire_owned() else {
-            return Err(AdmitError::Capacity { active: self.active(), max: self.max });
+            return Err(AdmitError::Capacity {
+                active: self.active(),
+                max: self.max,
+            });
         };
         let session = Arc::new(Session {
             id: uuid::Uuid::new_v4().to_string(),
@@ -202,7 +213,8 @@ impl Registry {
             cancel: CancellationToken::new(),
             _slot: slot,
         });
-        self.table().insert(session.id.clone(), Arc::clone(&session));
+        self.table()
+            .insert(session.id.clone(), Arc::clone(&session));
         match self.factory.create().await {
             Ok(env) => {
                 let _ = session.env.set(Arc::new(tokio::sync::Mutex::new(env)));
@@ -214,7 +226,10 @@ impl Registry {
                     EnvError::Execution { message } => message,
                     EnvError::Validation { .. } => "invalid configuration".to_owned(),
                 };
-                Err(AdmitError::Factory { factory_name: self.factory.factory_name(), reason })
+                Err(AdmitError::Factory {
+                    factory_name: self.factory.factory_name(),
+                    reason,
+                })
             }
         }
     }
@@ -226,12 +241,17 @@ impl Registry {
 
     /// Attaches a socket to an HTTP-owned session (`/ws?session_id=`).
     pub fn attach(&self, id: &str) -> Result<Arc<Session>, AttachError> {
-        let session = self.get(id).ok_or_else(|| AttachError::Unknown(id.to_owned()))?;
+        let session = self
+            .get(id)
+            .ok_or_else(|| AttachError::Unknown(id.to_owned()))?;
         if session.env().is_none() {
             return Err(AttachError::Initializing(id.to_owned()));
         }
         if session.owner == Owner::WebSocket
-            || session.attached.compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire).is_err()
+            || session
+                .attached
+                .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
         {
             return Err(AttachError::AlreadyAttached(id.to_owned()));
         }
@@ -246,7 +266,10 @@ impl Registry {
             Owner::WebSocket => self.destroy(session).await,
             Owner::Http => {
                 session.attached.store(false, Ordering::Release);
-                if destroy || session.closing.load(Ordering::Acquire) || session.cancel.is_cancelled() {
+                if destroy
+                    || session.closing.load(Ordering::Acquire)
+                    || session.cancel.is_cancelled()
+                {
                     self.destroy(session).await;
                 }
             }
@@ -271,7 +294,12 @@ impl Registry {
         let stale: Vec<Arc<Session>> = self
             .table()
             .values()
-            .filter(|s| s.owner == Owner::Http && !s.is_attached() && s.env().is_some() && self.idle_for(s) >= idle)
+            .filter(|s| {
+                s.owner == Owner::Http
+                    && !s.is_attached()
+                    && s.env().is_some()
+                    && self.idle_for(s) >= idle
+            })
             .cloned()
             .collect();
         for session in &stale {
@@ -322,12 +350,18 @@ pub struct Outgoing {
 impl Outgoing {
     /// Just a frame.
     pub fn frame(text: String) -> Self {
-        Self { frame: Some(text), close: None }
+        Self {
+            frame: Some(text),
+            close: None,
+        }
     }
 
     /// A frame, then close 1000 (connect-time errors, `SESSION_ERROR`).
     pub fn fatal(text: String) -> Self {
-        Self { frame: Some(text), close: Some((1000, String::new())) }
+        Self {
+            frame: Some(text),
+            close: Some((1000, String::new())),
+        }
     }
 }
 
@@ -369,7 +403,10 @@ async fn send_with_timeout<S>(socket: &mut S, msg: Message, limit: Duration) -> 
 where
     S: Sink<Message, Error = axum::Error> + Unpin,
 {
-    matches!(tokio::time::timeout(limit, socket.send(msg)).await, Ok(Ok(())))
+    matches!(
+        tokio::time::timeout(limit, socket.send(msg)).await,
+        Ok(Ok(()))
+    )
 }
 
 async fn poll_inflight(inflight: &mut Option<BoxFuture<Outgoing>>) -> Outgoing {
@@ -380,7 +417,10 @@ async fn poll_inflight(inflight: &mut Option<BoxFuture<Outgoing>>) -> Outgoing {
 }
 
 fn close_message(code: u16, reason: String) -> Message {
-    Message::Close(Some(CloseFrame { code, reason: reason.into() }))
+    Message::Close(Some(CloseFrame {
+        code,
+        reason: reason.into(),
+    }))
 }
 
 /// Sends an `Outgoing`; returns `false` when the connection must end.
@@ -388,10 +428,10 @@ async fn emit<S>(socket: &mut S, out: Outgoing, limits: &Limits) -> bool
 where
     S: Sink<Message, Error = axum::Error> + Unpin,
 {
-    if let Some(text) = out.frame {
-        if !send_with_timeout(socket, Message::Text(text.into()), limits.send_timeout()).await {
-            return false;
-        }
+    if let Some(text) = out.frame
+        && !send_with_timeout(socket, Message::Text(text.into()), limits.send_timeout()).await
+    {
+        return false;
     }
     if let Some((code, reason)) = out.close {
         let _ = send_with_timeout(socket, close_message(code, reason), limits.send_timeout()).await;
@@ -404,9 +444,13 @@ where
 fn capacity_close(err: &axum::Error) -> Option<(u16, String)> {
     let inner = std::error::Error::source(err)?;
     match inner.downcast_ref::<tungstenite::Error>()? {
-        tungstenite::Error::Capacity(tungstenite::error::CapacityError::MessageTooLong { size, max_size }) => {
-            Some((1009, format!("frame with {size} bytes exceeds limit of {max_size} bytes")))
-        }
+        tungstenite::Error::Capacity(tungstenite::error::CapacityError::MessageTooLong {
+            size,
+            max_size,
+        }) => Some((
+            1009,
+            format!("frame with {size} bytes exceeds limit of {max_size} bytes"),
+        )),
         tungstenite::Error::Capacity(other) => Some((1009, other.to_string())),
         _ => None,
     }
@@ -430,7 +474,11 @@ where
     S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
     H: FrameHandler,
 {
-    let mut guard = ReleaseGuard { registry: Arc::clone(&registry), session: Arc::clone(&session), armed: true };
+    let mut guard = ReleaseGuard {
+        registry: Arc::clone(&registry),
+        session: Arc::clone(&session),
+        armed: true,
+    };
     let max_pending = limits.max_pending_frames as usize;
     let mut queue: VecDeque<Inbound> = VecDeque::new();
     let mut inflight: Option<BoxFuture<Outgoing>> = None;
@@ -542,13 +590,18 @@ where
     };
     drop(inflight);
     guard.armed = false;
-    registry.release_socket(&session, destroy || ended == Ended::Cancelled).await;
+    registry
+        .release_socket(&session, destroy || ended == Ended::Cancelled)
+        .await;
     ended
 }
 
 /// Runs `fut`, turning a panic into an `EXECUTION_ERROR`-style outcome built by `on_panic`,
 /// so a panicking environment fails only its own request.
-pub async fn catch_panic<T>(fut: impl Future<Output = T> + Send, on_panic: impl FnOnce() -> T) -> T {
+pub async fn catch_panic<T>(
+    fut: impl Future<Output = T> + Send,
+    on_panic: impl FnOnce() -> T,
+) -> T {
     match std::panic::AssertUnwindSafe(fut).catch_unwind().await {
         Ok(value) => value,
         Err(_) => {

@@ -34,17 +34,19 @@ fn parse() -> anyhow::Result<Cli> {
     let Command::Serve(config) = &mut cli.command;
     if let Some(("serve", sub)) = matches.subcommand() {
         for (field, var) in ALIASES {
-            if sub.value_source(field) == Some(ValueSource::DefaultValue) {
-                if let Ok(value) = std::env::var(var) {
-                    if *field == "max_sessions" {
-                        config.limits.max_sessions = value
-                            .trim()
-                            .parse()
-                            .ok()
-                            .filter(|n| *n > 0)
-                            .with_context(|| format!("{var}={value:?} is not a positive integer"))?;
-                    }
-                }
+            let Ok(value) = std::env::var(var) else {
+                continue;
+            };
+            if sub.value_source(field) != Some(ValueSource::DefaultValue) {
+                continue;
+            }
+            if *field == "max_sessions" {
+                config.limits.max_sessions = value
+                    .trim()
+                    .parse()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .with_context(|| format!("{var}={value:?} is not a positive integer"))?;
             }
         }
     }
@@ -53,7 +55,9 @@ fn parse() -> anyhow::Result<Cli> {
 
 fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -63,10 +67,11 @@ fn init_logging(format: LogFormat) {
 /// Raises the soft open-file limit to the hard limit: every session is a socket.
 fn raise_fd_limit() {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
-        if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
-            tracing::debug!(from = soft, to = hard, "raised the open-file limit");
-        }
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+        && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok()
+    {
+        tracing::debug!(from = soft, to = hard, "raised the open-file limit");
     }
 }
 
@@ -99,7 +104,11 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("cannot bind {}:{}", config.host, config.port))?;
     let addr = listener.local_addr()?;
     let shutdown = CancellationToken::new();
-    let state = Arc::new(AppState::new(factory, config.limits.clone(), shutdown.clone()));
+    let state = Arc::new(AppState::new(
+        factory,
+        config.limits.clone(),
+        shutdown.clone(),
+    ));
     tracing::info!(%addr, env = %config.env, max_sessions = config.limits.max_sessions, "env-server listening");
     {
         let mut out = std::io::stdout().lock();

@@ -147,7 +147,10 @@ impl EchoEnv {
         if !errors.is_empty() {
             return Err(EnvError::Validation { errors });
         }
-        let message = action.get("message").and_then(Value::as_str).unwrap_or_default();
+        let message = action
+            .get("message")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
         if message == "raise" {
             return Err(EnvError::execution("boom from env.step"));
         }
@@ -241,7 +244,10 @@ impl Environment for EchoEnv {
 
     fn state(&self) -> EnvState {
         let mut extra = JsonMap::new();
-        extra.insert("last_message".to_owned(), Value::from(self.last_message.as_str()));
+        extra.insert(
+            "last_message".to_owned(),
+            Value::from(self.last_message.as_str()),
+        );
         EnvState {
             episode_id: Some(self.episode_id.clone()),
             step_count: self.step_count,
@@ -278,7 +284,10 @@ mod tests {
     #[tokio::test]
     async fn step_rewards_and_done() {
         let mut env = EchoEnv::new();
-        let out = env.step(Action::Env(map(json!({"message": "bye"})))).await.unwrap();
+        let out = env
+            .step(Action::Env(map(json!({"message": "bye"}))))
+            .await
+            .unwrap();
         assert_eq!(out.reward, Some(Reward::Float(0.3)));
         assert!(out.done);
         assert_eq!(
@@ -292,8 +301,13 @@ mod tests {
     #[tokio::test]
     async fn validation_matches_pydantic_order() {
         let mut env = EchoEnv::new();
-        let err = env.step(Action::Env(map(json!({"msg": "wrong field"})))).await.unwrap_err();
-        let EnvError::Validation { errors } = err else { panic!("expected validation") };
+        let err = env
+            .step(Action::Env(map(json!({"msg": "wrong field"}))))
+            .await
+            .unwrap_err();
+        let EnvError::Validation { errors } = err else {
+            panic!("expected validation")
+        };
         assert_eq!(
             serde_json::to_string(&errors).unwrap(),
             r#"[{"type":"missing","loc":["message"],"msg":"Field required","input":{"msg":"wrong field"},"url":"https://errors.pydantic.dev/2.14/v/missing"},{"type":"extra_forbidden","loc":["msg"],"msg":"Extra inputs are not permitted","input":"wrong field","url":"https://errors.pydantic.dev/2.14/v/extra_forbidden"}]"#

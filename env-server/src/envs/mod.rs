@@ -86,10 +86,17 @@ impl Action {
             Some("list_tools") => {
                 let errors = check_object(
                     &data,
-                    &[Field::required("type", FieldKind::Str), Field::optional("metadata", FieldKind::Object)],
+                    &[
+                        Field::required("type", FieldKind::Str),
+                        Field::optional("metadata", FieldKind::Object),
+                    ],
                     &[],
                 );
-                if errors.is_empty() { Ok(Self::ListTools) } else { Err(EnvError::Validation { errors }) }
+                if errors.is_empty() {
+                    Ok(Self::ListTools)
+                } else {
+                    Err(EnvError::Validation { errors })
+                }
             }
             Some("call_tool") => Self::call_tool(data),
             None if data.contains_key("tool_name") => Self::call_tool(data),
@@ -207,8 +214,14 @@ pub fn list_tools_observation(tools: &[ToolDef]) -> Observation {
 /// The step-path observation of `call_tool`: `{"metadata":{},"tool_name","result","error"}`.
 pub fn call_tool_observation(name: &str, outcome: Result<Value, ToolError>) -> Observation {
     let (result, error) = match outcome {
-        Ok(value) => (serde_json::to_value(ToolResult::from_value(value)).unwrap_or(Value::Null), Value::Null),
-        Err(err) => (Value::Null, serde_json::to_value(err).unwrap_or(Value::Null)),
+        Ok(value) => (
+            serde_json::to_value(ToolResult::from_value(value)).unwrap_or(Value::Null),
+            Value::Null,
+        ),
+        Err(err) => (
+            Value::Null,
+            serde_json::to_value(err).unwrap_or(Value::Null),
+        ),
     };
     Observation::new(
         JsonMap::new(),

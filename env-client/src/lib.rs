@@ -8,4 +8,11 @@
 //! - [`pool`]: [`Pool`], many concurrent episodes across one or more servers;
 //! - [`error`]: [`ClientError`], the typed failures of the client.
 
+pub mod client;
+pub mod error;
+pub mod pool;
 pub mod protocol;
+
+pub use client::{ClientConfig, EnvClient, StepResult, ToolCall};
+pub use error::ClientError;
+pub use pool::{Pool, PooledClient, ServerSlots};

@@ -32,14 +32,24 @@ struct Server {
 impl Server {
     fn spawn(args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut cmd = clean_command();
-        cmd.arg("serve").args(["--port", "0"]).args(args).stdout(Stdio::piped()).stderr(Stdio::null());
+        cmd.arg("serve")
+            .args(["--port", "0"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
         for (k, v) in env {
             cmd.env(k, v);
         }
         let mut child = cmd.spawn().unwrap();
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let addr = line.trim().strip_prefix("env-server listening on ").expect(&line).to_owned();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("env-server listening on ")
+            .expect(&line)
+            .to_owned();
         Self { child, addr }
     }
 
@@ -56,16 +66,25 @@ impl Drop for Server {
     }
 }
 
-async fn open(addr: &str) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
-    let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws")).await.unwrap();
+async fn open(
+    addr: &str,
+) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
+    let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
+        .await
+        .unwrap();
     ws
 }
 
 async fn next_text_or_close(
-    ws: &mut tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    ws: &mut tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
 ) -> Message {
     loop {
-        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await.unwrap() {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .unwrap()
+        {
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
             Some(Ok(m)) => return m,
             other => panic!("{other:?}"),
@@ -82,7 +101,10 @@ fn help_lists_every_limit_with_its_default() {
 
 #[test]
 fn unknown_environment_is_a_clear_error() {
-    let out = clean_command().args(["serve", "--env", "nope"]).output().unwrap();
+    let out = clean_command()
+        .args(["serve", "--env", "nope"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(err.contains("invalid value 'nope' for '--env"), "{err}");
@@ -92,11 +114,22 @@ fn unknown_environment_is_a_clear_error() {
 async fn max_concurrent_envs_is_read_as_an_alias() {
     let server = Server::spawn(&[], &[("MAX_CONCURRENT_ENVS", "1")]);
     let mut first = open(&server.addr).await;
-    first.send(Message::Text(r#"{"type":"reset"}"#.into())).await.unwrap();
-    assert!(matches!(next_text_or_close(&mut first).await, Message::Text(_)));
+    first
+        .send(Message::Text(r#"{"type":"reset"}"#.into()))
+        .await
+        .unwrap();
+    assert!(matches!(
+        next_text_or_close(&mut first).await,
+        Message::Text(_)
+    ));
     let mut second = open(&server.addr).await;
-    let Message::Text(refusal) = next_text_or_close(&mut second).await else { panic!("no refusal frame") };
-    assert!(refusal.contains(r#""code":"CAPACITY_REACHED","active_sessions":1,"max_sessions":1"#), "{refusal}");
+    let Message::Text(refusal) = next_text_or_close(&mut second).await else {
+        panic!("no refusal frame")
+    };
+    assert!(
+        refusal.contains(r#""code":"CAPACITY_REACHED","active_sessions":1,"max_sessions":1"#),
+        "{refusal}"
+    );
 }
 
 #[tokio::test]
@@ -105,13 +138,20 @@ async fn sigterm_closes_every_session_and_exits_cleanly() {
     let mut sockets = Vec::new();
     for _ in 0..3 {
         let mut ws = open(&server.addr).await;
-        ws.send(Message::Text(r#"{"type":"reset"}"#.into())).await.unwrap();
-        assert!(matches!(next_text_or_close(&mut ws).await, Message::Text(_)));
+        ws.send(Message::Text(r#"{"type":"reset"}"#.into()))
+            .await
+            .unwrap();
+        assert!(matches!(
+            next_text_or_close(&mut ws).await,
+            Message::Text(_)
+        ));
         sockets.push(ws);
     }
     server.terminate();
     for mut ws in sockets {
-        let Message::Close(Some(frame)) = next_text_or_close(&mut ws).await else { panic!("no close frame") };
+        let Message::Close(Some(frame)) = next_text_or_close(&mut ws).await else {
+            panic!("no close frame")
+        };
         assert_eq!(u16::from(frame.code), 1001);
     }
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -119,7 +159,10 @@ async fn sigterm_closes_every_session_and_exits_cleanly() {
         if let Some(status) = server.child.try_wait().unwrap() {
             break status;
         }
-        assert!(std::time::Instant::now() < deadline, "server did not exit after SIGTERM");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "server did not exit after SIGTERM"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert!(status.success(), "exit status {status:?}");

@@ -354,7 +354,11 @@ impl From<ObservationEnvelope> for HttpStepResponse {
     fn from(env: ObservationEnvelope) -> Self {
         let reward = env.reward.map(Reward::as_f64).filter(|r| r.is_finite());
         Self {
-            metadata: env.observation.metadata().filter(|m| !m.is_empty()).cloned(),
+            metadata: env
+                .observation
+                .metadata()
+                .filter(|m| !m.is_empty())
+                .cloned(),
             observation: env.observation,
             reward,
             done: env.done,

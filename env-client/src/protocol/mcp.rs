@@ -293,7 +293,10 @@ impl ToolError {
 
     /// `tool_not_found` with OpenEnv's message.
     pub fn not_found(name: &str) -> Self {
-        Self::new(ToolErrorType::ToolNotFound, format!("Unknown tool: '{name}'"))
+        Self::new(
+            ToolErrorType::ToolNotFound,
+            format!("Unknown tool: '{name}'"),
+        )
     }
 }
 

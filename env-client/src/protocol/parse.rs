@@ -61,7 +61,9 @@ impl FrameError {
 pub fn parse_client_frame(text: &str) -> Result<ClientFrame, FrameError> {
     let value = parse_json_lenient(text).map_err(|detail| FrameError::InvalidJson { detail })?;
     let Value::Object(mut object) = value else {
-        return Err(FrameError::NotObject { python_type: python_type_name(&value) });
+        return Err(FrameError::NotObject {
+            python_type: python_type_name(&value),
+        });
     };
     let kind = match object.get("type") {
         None => String::new(),
@@ -78,13 +80,23 @@ pub fn parse_client_frame(text: &str) -> Result<ClientFrame, FrameError> {
     let mut errors = Vec::new();
     match object.get("data") {
         None if data_required => {
-            errors.push(ValidationErrorItem::missing(vec![Loc::from("data")], Value::Object(object.clone())));
+            errors.push(ValidationErrorItem::missing(
+                vec![Loc::from("data")],
+                Value::Object(object.clone()),
+            ));
         }
         Some(data) if !data_allowed => {
-            errors.push(ValidationErrorItem::extra_forbidden(vec![Loc::from("data")], data.clone()));
+            errors.push(ValidationErrorItem::extra_forbidden(
+                vec![Loc::from("data")],
+                data.clone(),
+            ));
         }
         Some(data) if !data.is_object() => {
-            errors.push(ValidationErrorItem::wrong_type(FieldKind::Object, vec![Loc::from("data")], data.clone()));
+            errors.push(ValidationErrorItem::wrong_type(
+                FieldKind::Object,
+                vec![Loc::from("data")],
+                data.clone(),
+            ));
         }
         Some(Value::Object(data)) if kind == "verify" => {
             // E1: the client supplies no scoring input at all.
@@ -99,7 +111,10 @@ pub fn parse_client_frame(text: &str) -> Result<ClientFrame, FrameError> {
     }
     for (key, value) in &object {
         if key != "type" && key != "data" {
-            errors.push(ValidationErrorItem::extra_forbidden(vec![Loc::Field(key.clone())], value.clone()));
+            errors.push(ValidationErrorItem::extra_forbidden(
+                vec![Loc::Field(key.clone())],
+                value.clone(),
+            ));
         }
     }
     if !errors.is_empty() {
@@ -113,7 +128,9 @@ pub fn parse_client_frame(text: &str) -> Result<ClientFrame, FrameError> {
     Ok(match kind.as_str() {
         "reset" => ClientFrame::Reset { data: map(data) },
         "step" => ClientFrame::Step { data: map(data) },
-        "mcp" => ClientFrame::Mcp { data: data.unwrap_or(Value::Null) },
+        "mcp" => ClientFrame::Mcp {
+            data: data.unwrap_or(Value::Null),
+        },
         "verify" => ClientFrame::Verify { data: map(data) },
         "state" => ClientFrame::State,
         _ => ClientFrame::Close,
@@ -152,10 +169,10 @@ pub fn parse_json_lenient(text: &str) -> Result<Value, String> {
     match serde_json::from_str::<Value>(text) {
         Ok(value) => Ok(value),
         Err(err) => {
-            if let Some(rewritten) = replace_non_finite(text) {
-                if let Ok(value) = serde_json::from_str::<Value>(&rewritten) {
-                    return Ok(value);
-                }
+            if let Some(rewritten) = replace_non_finite(text)
+                && let Ok(value) = serde_json::from_str::<Value>(&rewritten)
+            {
+                return Ok(value);
             }
             Err(python_json_error(text, &err))
         }
@@ -183,7 +200,9 @@ fn replace_non_finite(text: &str) -> Option<String> {
             i += 1;
             continue;
         }
-        let token = ["-Infinity", "Infinity", "NaN"].into_iter().find(|t| text[i..].starts_with(t));
+        let token = ["-Infinity", "Infinity", "NaN"]
+            .into_iter()
+            .find(|t| text[i..].starts_with(t));
         if let Some(token) = token {
             out.push_str(&text[last..i]);
             out.push_str("null");
@@ -218,7 +237,9 @@ fn python_json_error(text: &str, err: &serde_json::Error) -> String {
     let python = match what {
         "expected value" | "expected ident" | "EOF while parsing a value" | "invalid number" => {
             // Python reports the start of the bad token.
-            while pos > 0 && text[..pos].ends_with(|c: char| c.is_alphanumeric() || c == '-' || c == '.') {
+            while pos > 0
+                && text[..pos].ends_with(|c: char| c.is_alphanumeric() || c == '-' || c == '.')
+            {
                 pos -= text[..pos].chars().next_back().map_or(1, char::len_utf8);
             }
             "Expecting value".to_owned()
@@ -230,7 +251,9 @@ fn python_json_error(text: &str, err: &serde_json::Error) -> String {
         "EOF while parsing a string" => "Unterminated string".to_owned(),
         other => {
             let mut chars = other.chars();
-            chars.next().map_or_else(String::new, |c| c.to_uppercase().chain(chars).collect())
+            chars
+                .next()
+                .map_or_else(String::new, |c| c.to_uppercase().chain(chars).collect())
         }
     };
     let line = text[..pos].matches('\n').count() + 1;
@@ -247,10 +270,22 @@ mod tests {
 
     #[test]
     fn python_wording_for_common_errors() {
-        assert_eq!(parse_json_lenient("not json").unwrap_err(), "Expecting value: line 1 column 1 (char 0)");
-        assert_eq!(parse_json_lenient("").unwrap_err(), "Expecting value: line 1 column 1 (char 0)");
-        assert_eq!(parse_json_lenient("garbage").unwrap_err(), "Expecting value: line 1 column 1 (char 0)");
-        assert_eq!(parse_json_lenient("{} x").unwrap_err(), "Extra data: line 1 column 4 (char 3)");
+        assert_eq!(
+            parse_json_lenient("not json").unwrap_err(),
+            "Expecting value: line 1 column 1 (char 0)"
+        );
+        assert_eq!(
+            parse_json_lenient("").unwrap_err(),
+            "Expecting value: line 1 column 1 (char 0)"
+        );
+        assert_eq!(
+            parse_json_lenient("garbage").unwrap_err(),
+            "Expecting value: line 1 column 1 (char 0)"
+        );
+        assert_eq!(
+            parse_json_lenient("{} x").unwrap_err(),
+            "Extra data: line 1 column 4 (char 3)"
+        );
         assert_eq!(
             parse_json_lenient("{oops").unwrap_err(),
             "Expecting property name enclosed in double quotes: line 1 column 2 (char 1)"
@@ -265,12 +300,24 @@ mod tests {
 
     #[test]
     fn staged_errors() {
-        assert!(matches!(parse_client_frame("[1, 2]"), Err(FrameError::NotObject { python_type: "list" })));
+        assert!(matches!(
+            parse_client_frame("[1, 2]"),
+            Err(FrameError::NotObject {
+                python_type: "list"
+            })
+        ));
         assert_eq!(
-            parse_client_frame(r#"{"data": {}}"#).unwrap_err().to_string(),
+            parse_client_frame(r#"{"data": {}}"#)
+                .unwrap_err()
+                .to_string(),
             "Unknown message type: "
         );
-        assert_eq!(parse_client_frame(r#"{"type": 5}"#).unwrap_err().to_string(), "Unknown message type: 5");
+        assert_eq!(
+            parse_client_frame(r#"{"type": 5}"#)
+                .unwrap_err()
+                .to_string(),
+            "Unknown message type: 5"
+        );
         let err = parse_client_frame(r#"{"type": "state", "data": {}}"#).unwrap_err();
         assert_eq!(
             serde_json::to_string(&err.to_error_data()).unwrap(),
@@ -278,6 +325,11 @@ mod tests {
         );
         let err = parse_client_frame(r#"{"type": "verify", "data": {"reward": 1}}"#).unwrap_err();
         assert!(matches!(err, FrameError::Invalid { .. }));
-        assert_eq!(parse_client_frame(r#"{"type":"reset"}"#).unwrap(), ClientFrame::Reset { data: JsonMap::new() });
+        assert_eq!(
+            parse_client_frame(r#"{"type":"reset"}"#).unwrap(),
+            ClientFrame::Reset {
+                data: JsonMap::new()
+            }
+        );
     }
 }

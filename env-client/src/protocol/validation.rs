@@ -64,7 +64,12 @@ impl ValidationErrorItem {
 
     /// `extra_forbidden`: an unknown key; `input` is its value.
     pub fn extra_forbidden(loc: Vec<Loc>, input: Value) -> Self {
-        Self::new("extra_forbidden", loc, "Extra inputs are not permitted", input)
+        Self::new(
+            "extra_forbidden",
+            loc,
+            "Extra inputs are not permitted",
+            input,
+        )
     }
 
     /// The type error for a field expecting `kind`.
@@ -116,7 +121,9 @@ impl FieldKind {
     pub fn accepts(self, value: &Value) -> bool {
         match self {
             Self::Str => value.is_string(),
-            Self::Int => value.is_i64() || value.is_u64() || value.as_f64().is_some_and(|f| f.fract() == 0.0),
+            Self::Int => {
+                value.is_i64() || value.is_u64() || value.as_f64().is_some_and(|f| f.fract() == 0.0)
+            }
             Self::Float => value.is_number(),
             Self::Bool => value.is_boolean(),
             Self::Object => value.is_object(),
@@ -142,23 +149,42 @@ pub struct Field {
 impl Field {
     /// A required field.
     pub const fn required(name: &'static str, kind: FieldKind) -> Self {
-        Self { name, kind, required: true, nullable: false }
+        Self {
+            name,
+            kind,
+            required: true,
+            nullable: false,
+        }
     }
 
     /// An optional field (absent is fine, `null` is not).
     pub const fn optional(name: &'static str, kind: FieldKind) -> Self {
-        Self { name, kind, required: false, nullable: false }
+        Self {
+            name,
+            kind,
+            required: false,
+            nullable: false,
+        }
     }
 
     /// An optional field that also accepts `null`.
     pub const fn nullable(name: &'static str, kind: FieldKind) -> Self {
-        Self { name, kind, required: false, nullable: true }
+        Self {
+            name,
+            kind,
+            required: false,
+            nullable: true,
+        }
     }
 }
 
 /// Checks `object` against `fields` (`extra="forbid"`), with `prefix` prepended to every
 /// location. Errors come in pydantic's order: declared fields, then unknown keys.
-pub fn check_object(object: &JsonMap, fields: &[Field], prefix: &[Loc]) -> Vec<ValidationErrorItem> {
+pub fn check_object(
+    object: &JsonMap,
+    fields: &[Field],
+    prefix: &[Loc],
+) -> Vec<ValidationErrorItem> {
     let at = |name: &str| {
         let mut loc = prefix.to_vec();
         loc.push(Loc::Field(name.to_owned()));
@@ -168,12 +194,19 @@ pub fn check_object(object: &JsonMap, fields: &[Field], prefix: &[Loc]) -> Vec<V
     for field in fields {
         match object.get(field.name) {
             None if field.required => {
-                errors.push(ValidationErrorItem::missing(at(field.name), Value::Object(object.clone())));
+                errors.push(ValidationErrorItem::missing(
+                    at(field.name),
+                    Value::Object(object.clone()),
+                ));
             }
             None => {}
             Some(Value::Null) if field.nullable => {}
             Some(value) if !field.kind.accepts(value) => {
-                errors.push(ValidationErrorItem::wrong_type(field.kind, at(field.name), value.clone()));
+                errors.push(ValidationErrorItem::wrong_type(
+                    field.kind,
+                    at(field.name),
+                    value.clone(),
+                ));
             }
             Some(_) => {}
         }

@@ -17,6 +17,14 @@ pub enum LogFormat {
     Json,
 }
 
+/// Sandbox backends (`--sandbox`). The Docker and Hugging Face backends come with their own
+/// issues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SandboxKind {
+    /// One bubblewrap sandbox per episode on this machine: no daemon, no account, no network.
+    Local,
+}
+
 /// Everything `env-server serve` takes.
 #[derive(Debug, Clone, Args)]
 pub struct ServeConfig {
@@ -32,9 +40,21 @@ pub struct ServeConfig {
     #[arg(long = "env", env = "ENV_SERVER_ENV", default_value = "echo", value_parser = clap::builder::PossibleValuesParser::new(crate::envs::ENV_NAMES))]
     pub env: String,
 
+    /// The sandbox backend of the environments that use one.
+    #[arg(long, env = "ENV_SERVER_SANDBOX", value_enum, default_value_t = SandboxKind::Local)]
+    pub sandbox: SandboxKind,
+
     /// Limits of sessions and frames.
     #[command(flatten)]
     pub limits: Limits,
+
+    /// The local bubblewrap backend.
+    #[command(flatten, next_help_heading = "Local sandbox (bubblewrap)")]
+    pub local: crate::sandbox::local::LocalConfig,
+
+    /// The terminal environment.
+    #[command(flatten, next_help_heading = "Terminal environment")]
+    pub terminal: crate::envs::terminal::TerminalConfig,
 
     /// Log format (`RUST_LOG` sets the filter; default `info`).
     #[arg(long, env = "ENV_SERVER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]

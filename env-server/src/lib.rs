@@ -9,12 +9,14 @@
 //! - [`server`]: the axum routes, the `/ws` and `/mcp` handlers, [`server::run`];
 //! - [`session`]: the session table, admission, lifecycle and the connection loop;
 //! - [`mcp`]: JSON-RPC dispatch shared by `/ws` `mcp` frames, the `/mcp` WebSocket and `POST /mcp`;
-//! - [`envs`]: the [`envs::Environment`] trait and the environments (`echo`);
+//! - [`envs`]: the [`envs::Environment`] trait and the environments (`echo`, `terminal`);
+//! - [`sandbox`]: the [`sandbox::Sandbox`] contract and its backends (`local`: bubblewrap);
 //! - [`pyjson`]: Python `json.dumps` layout for `/mcp` WebSocket replies.
 
 pub mod config;
 pub mod envs;
 pub mod mcp;
 pub mod pyjson;
+pub mod sandbox;
 pub mod server;
 pub mod session;

@@ -8,6 +8,7 @@
 //! and what reward it carries, is the env's rule.
 
 pub mod echo;
+pub mod terminal;
 
 use std::sync::Arc;
 

@@ -253,7 +253,13 @@ pub trait Sandbox: Send + Sync {
     /// Starts a long-lived process with streaming stdio.
     async fn spawn(&self, req: SpawnRequest) -> Result<Box<dyn Process>, SandboxError>;
     /// Writes a file atomically (parents created) with `mode`, owned by `identity`.
-    async fn write_file(&self, path: &str, data: Bytes, mode: u32, identity: Identity) -> Result<(), SandboxError>;
+    async fn write_file(
+        &self,
+        path: &str,
+        data: Bytes,
+        mode: u32,
+        identity: Identity,
+    ) -> Result<(), SandboxError>;
     /// Reads up to `max_bytes` of a file (`NotFound` when it does not exist).
     async fn read_file(&self, path: &str, max_bytes: usize) -> Result<FileContents, SandboxError>;
     /// Deletes a file or directory tree if present, never following a symlink, and recreates

@@ -20,7 +20,8 @@ impl CapturedOutput {
 
     /// Bytes dropped between head and tail.
     pub fn omitted(&self) -> u64 {
-        self.total.saturating_sub((self.head.len() + self.tail.len()) as u64)
+        self.total
+            .saturating_sub((self.head.len() + self.tail.len()) as u64)
     }
 }
 
@@ -38,8 +39,16 @@ impl Capture {
     /// A capture keeping at most `cap` bytes: `head_fraction` of them from the start, the rest
     /// from the end.
     pub fn new(cap: usize, head_fraction: f64) -> Self {
-        let fraction = if head_fraction.is_finite() { head_fraction.clamp(0.0, 1.0) } else { 0.25 };
-        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss)]
+        let fraction = if head_fraction.is_finite() {
+            head_fraction.clamp(0.0, 1.0)
+        } else {
+            0.25
+        };
+        #[allow(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            clippy::cast_precision_loss
+        )]
         let head_cap = ((cap as f64) * fraction).floor() as usize;
         Self {
             head_cap: head_cap.min(cap),
@@ -74,7 +83,11 @@ impl Capture {
 
     /// The captured output.
     pub fn finish(self) -> CapturedOutput {
-        CapturedOutput { head: self.head, tail: self.tail.into_iter().collect(), total: self.total }
+        CapturedOutput {
+            head: self.head,
+            tail: self.tail.into_iter().collect(),
+            total: self.total,
+        }
     }
 }
 
@@ -104,7 +117,7 @@ mod tests {
             for chunk in &chunks { c.push(chunk); all.extend_from_slice(chunk); }
             let out = c.finish();
             prop_assert_eq!(out.total, all.len() as u64);
-            prop_assert!(out.head.len() + out.tail.len() <= cap.max(0));
+            prop_assert!(out.head.len() + out.tail.len() <= cap);
             prop_assert!(all.starts_with(&out.head));
             prop_assert!(all.ends_with(&out.tail));
             if all.len() <= cap { let mut joined = out.head.clone(); joined.extend(&out.tail); prop_assert_eq!(joined, all); }

@@ -12,6 +12,13 @@ fi
 if [ "$purpose" = test ] && ! command -v git >/dev/null 2>&1; then
     need+=(git)
 fi
+# The local sandbox: bubblewrap, and the system Python the example tasks' checks use inside it.
+if ! command -v bwrap >/dev/null 2>&1; then
+    need+=(bubblewrap)
+fi
+if [ ! -x /usr/bin/python3 ]; then
+    need+=(python3)
+fi
 
 if [ ${#need[@]} -eq 0 ]; then
     exit 0

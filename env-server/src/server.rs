@@ -17,8 +17,8 @@ use axum::routing::{any, get, post};
 use axum::serve::ListenerExt;
 use env_client::protocol::validation::{FieldKind, Loc};
 use env_client::protocol::{
-    ClientFrame, EnvState, ErrorCode, ErrorData, HttpStepResponse, JsonMap, ObservationEnvelope,
-    ServerFrame, ValidationErrorItem, parse_client_frame, parse_json_lenient,
+    ClientFrame, ErrorCode, ErrorData, HttpStepResponse, JsonMap, ObservationEnvelope, ServerFrame,
+    ValidationErrorItem, parse_client_frame, parse_json_lenient,
 };
 use futures_util::StreamExt;
 use serde::Deserialize;
@@ -233,15 +233,27 @@ async fn ws_route(
         .on_upgrade(move |socket| tracker.track_future(serve_ws(socket, state, query.session_id)))
 }
 
-/// Sends one frame, closes 1000, and waits briefly for the peer's close (connect-time errors).
+/// Refuses a connection the way clients of every generation read it: one error frame, then
+/// close 1000 once the client has sent its first frame (or after a short wait), then a brief
+/// wait for the client's close. Waiting for the first frame lets clients that send before
+/// reading (the 0.3 generation) read the refusal as the reply instead of a closed socket.
 async fn refuse(mut socket: WebSocket, frame: String) {
-    let _ = socket.send(Message::Text(frame.into())).await;
-    let _ = socket
-        .send(Message::Close(Some(CloseFrame {
-            code: 1000,
-            reason: "".into(),
-        })))
-        .await;
+    const FIRST_FRAME_WAIT: Duration = Duration::from_secs(2);
+    if socket.send(Message::Text(frame.into())).await.is_err() {
+        return;
+    }
+    let peer_closed = matches!(
+        tokio::time::timeout(FIRST_FRAME_WAIT, socket.next()).await,
+        Ok(None | Some(Err(_) | Ok(Message::Close(_))))
+    );
+    if !peer_closed {
+        let _ = socket
+            .send(Message::Close(Some(CloseFrame {
+                code: 1000,
+                reason: "".into(),
+            })))
+            .await;
+    }
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
         while socket.next().await.is_some() {}
     })
@@ -762,17 +774,10 @@ async fn http_state(State(state): State<Arc<AppState>>) -> Response {
         Ok(env) => env,
         Err(resp) => return resp,
     };
-    let s = env.state();
+    let current = env.state();
     env.close().await;
-    // The declared model is the base `State`: extras are dropped (PROTOCOL.md §5).
-    json_value_response(
-        StatusCode::OK,
-        &EnvState {
-            episode_id: s.episode_id,
-            step_count: s.step_count,
-            extra: JsonMap::new(),
-        },
-    )
+    // Through the env's declared state model (`/schema` `state`), as the official server does.
+    json_value_response(StatusCode::OK, &current)
 }
 
 // ---------------------------------------------------------------------------------------------

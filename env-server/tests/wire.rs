@@ -829,7 +829,7 @@ async fn http_routes_match_the_official_server() {
     let v: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(
         v.as_object().unwrap().keys().collect::<Vec<_>>(),
-        ["episode_id", "step_count"]
+        ["episode_id", "step_count", "last_message"]
     );
     let (_, body) = server.http("GET", "/schema", "").await;
     let v: Value = serde_json::from_str(&body).unwrap();

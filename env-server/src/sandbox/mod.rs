@@ -72,6 +72,11 @@ pub struct SandboxSpec {
     pub network: Network,
     /// Labels naming the owner (server instance, session), for orphan sweeps.
     pub labels: BTreeMap<String, String>,
+    /// On a command timeout: how long after SIGTERM before SIGKILL (`kill_grace`).
+    pub kill_grace: Duration,
+    /// After a command's main process exits: how long its output is still collected
+    /// (`drain_grace_ms`); a background child holding the pipe never delays completion more.
+    pub drain_grace: Duration,
 }
 
 impl Default for SandboxSpec {
@@ -82,6 +87,8 @@ impl Default for SandboxSpec {
             limits: SandboxLimits::default(),
             network: Network::None,
             labels: BTreeMap::new(),
+            kill_grace: Duration::from_secs(2),
+            drain_grace: Duration::from_millis(200),
         }
     }
 }
@@ -282,4 +289,27 @@ pub trait SandboxBackend: Send + Sync {
     async fn create(&self, spec: SandboxSpec) -> Result<Box<dyn Sandbox>, SandboxError>;
     /// Removes sandboxes left by a crashed predecessor; returns how many.
     async fn sweep_orphans(&self) -> Result<usize, SandboxError>;
+}
+
+/// Creates the configured backend (`--sandbox`), checks that it works on this machine, and
+/// sweeps sandboxes left by a crashed predecessor.
+pub async fn backend(
+    config: &crate::config::ServeConfig,
+) -> Result<std::sync::Arc<dyn SandboxBackend>, SandboxError> {
+    let backend: std::sync::Arc<dyn SandboxBackend> = match config.sandbox {
+        crate::config::SandboxKind::Local => {
+            std::sync::Arc::new(local::LocalBackend::new(&config.local)?)
+        }
+    };
+    backend.check().await?;
+    match backend.sweep_orphans().await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            swept = n,
+            backend = backend.name(),
+            "removed sandboxes left by a previous server"
+        ),
+        Err(err) => tracing::warn!(error = %err, backend = backend.name(), "orphan sweep failed"),
+    }
+    Ok(backend)
 }

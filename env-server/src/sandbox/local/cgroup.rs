@@ -1,0 +1,299 @@
+//! cgroup v1 `pids` and `memory` groups per sandbox: `<controller>/<server's cgroup>/openenv-rs/<id>`.
+//!
+//! The groups nest under the server's own cgroup, so whatever bounds the server also bounds its
+//! sandboxes. bwrap joins them between fork and exec (through `cgroup.procs` descriptors opened
+//! here as root, which keep root's right to write them), before it forks anything. Destroy kills
+//! every pid left in the group and removes it. Blocking: called from blocking threads.
+
+use std::fs::OpenOptions;
+use std::io::ErrorKind;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+/// Name of the directory holding our groups under the server's cgroup.
+pub(super) const GROUP_DIR: &str = "openenv-rs";
+
+/// Live groups created by this process, guarding removal of the empty parents.
+static LIVE: Mutex<usize> = Mutex::new(0);
+
+/// The parents (`…/openenv-rs`) of our groups in each writable controller.
+#[derive(Debug, Clone, Default)]
+pub(super) struct CgroupRoots {
+    pids: Option<PathBuf>,
+    memory: Option<PathBuf>,
+}
+
+/// Where controller `name` of the server's own cgroup is, from `/proc/self/{mountinfo,cgroup}`.
+fn own_group(mountinfo: &str, cgroups: &str, name: &str) -> Option<PathBuf> {
+    let own = cgroups.lines().find_map(|l| {
+        let mut parts = l.splitn(3, ':');
+        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        controllers.split(',').any(|c| c == name).then_some(path)
+    })?;
+    mountinfo.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        let mut r = right.split(' ');
+        let (fstype, _source, options) = (r.next()?, r.next()?, r.next()?);
+        if fstype != "cgroup" || !options.split(',').any(|o| o == name) {
+            return None;
+        }
+        let f: Vec<&str> = left.split(' ').collect();
+        let (root, mount) = (*f.get(3)?, *f.get(4)?);
+        let rel = own
+            .strip_prefix(root)
+            .unwrap_or(own)
+            .trim_start_matches('/');
+        Some(Path::new(mount).join(rel))
+    })
+}
+
+impl CgroupRoots {
+    /// Finds writable controllers (creating the parent directories); none when disabled.
+    pub(super) fn detect(enabled: bool) -> Self {
+        if !enabled {
+            return Self::default();
+        }
+        let (Ok(mountinfo), Ok(cgroups)) = (
+            std::fs::read_to_string("/proc/self/mountinfo"),
+            std::fs::read_to_string("/proc/self/cgroup"),
+        ) else {
+            return Self::default();
+        };
+        // Probe by creating our parent directory, and leave nothing behind: parents exist
+        // only while a group of ours does.
+        let _live = LIVE
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let usable = |name: &str| {
+            let dir = own_group(&mountinfo, &cgroups, name)?.join(GROUP_DIR);
+            let probe = dir.join(format!("probe-{}", std::process::id()));
+            std::fs::create_dir_all(&probe).ok()?;
+            let ok = probe.join("cgroup.procs").exists();
+            let _ = std::fs::remove_dir(&probe);
+            let _ = std::fs::remove_dir(&dir); // busy while groups live under it
+            ok.then_some(dir)
+        };
+        Self {
+            pids: usable("pids"),
+            memory: usable("memory"),
+        }
+    }
+
+    /// The existing groups of sandbox `id` (the orphan sweep).
+    pub(super) fn existing(&self, id: &str) -> Cgroups {
+        let dirs = [&self.pids, &self.memory]
+            .into_iter()
+            .flatten()
+            .map(|p| p.join(id))
+            .filter(|d| d.is_dir())
+            .collect();
+        Cgroups::adopt(dirs)
+    }
+
+    /// Whether the `pids` controller is in use.
+    pub(super) fn has_pids(&self) -> bool {
+        self.pids.is_some()
+    }
+
+    /// Whether the `memory` controller is in use.
+    pub(super) fn has_memory(&self) -> bool {
+        self.memory.is_some()
+    }
+
+    /// Creates the groups of sandbox `id` with the given limits (0 = none); on failure nothing
+    /// is left behind.
+    pub(super) fn create(
+        &self,
+        id: &str,
+        pids_max: u64,
+        memory_bytes: u64,
+    ) -> std::io::Result<Cgroups> {
+        let mut groups = Cgroups::default();
+        let made = self.fill(&mut groups, id, pids_max, memory_bytes);
+        if let Err(e) = made {
+            let _ = groups.kill_and_remove();
+            return Err(e);
+        }
+        Ok(groups)
+    }
+
+    fn fill(
+        &self,
+        groups: &mut Cgroups,
+        id: &str,
+        pids_max: u64,
+        memory_bytes: u64,
+    ) -> std::io::Result<()> {
+        for (parent, file) in [
+            (&self.pids, "pids.max"),
+            (&self.memory, "memory.limit_in_bytes"),
+        ] {
+            let Some(parent) = parent else { continue };
+            let dir = parent.join(id);
+            {
+                let mut live = LIVE
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                std::fs::create_dir_all(&dir)?;
+                *live += 1;
+            }
+            groups.dirs.push(dir.clone());
+            let value = if file == "pids.max" {
+                pids_max
+            } else {
+                memory_bytes
+            };
+            if value > 0 {
+                std::fs::write(dir.join(file), value.to_string())?;
+                if file == "memory.limit_in_bytes" {
+                    // With swap accounting, swap counts too (absent without it).
+                    let _ =
+                        std::fs::write(dir.join("memory.memsw.limit_in_bytes"), value.to_string());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The groups of one sandbox.
+#[derive(Debug, Default)]
+pub(super) struct Cgroups {
+    dirs: Vec<PathBuf>,
+}
+
+impl Cgroups {
+    /// Takes charge of existing groups (the orphan sweep).
+    pub(super) fn adopt(dirs: Vec<PathBuf>) -> Self {
+        *LIVE
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) += dirs.len();
+        Self { dirs }
+    }
+
+    /// The group directories.
+    pub(super) fn dirs(&self) -> &[PathBuf] {
+        &self.dirs
+    }
+
+    /// `cgroup.procs` of every group, open for writing (close-on-exec).
+    pub(super) fn procs_fds(&self) -> std::io::Result<Vec<OwnedFd>> {
+        self.dirs
+            .iter()
+            .map(|d| {
+                Ok(OpenOptions::new()
+                    .write(true)
+                    .open(d.join("cgroup.procs"))?
+                    .into())
+            })
+            .collect()
+    }
+
+    /// Live processes in the groups.
+    pub(super) fn members(&self) -> Vec<i32> {
+        let mut pids: Vec<i32> = self
+            .dirs
+            .iter()
+            .filter_map(|d| std::fs::read_to_string(d.join("cgroup.procs")).ok())
+            .flat_map(|t| {
+                t.lines()
+                    .filter_map(|l| l.trim().parse().ok())
+                    .collect::<Vec<i32>>()
+            })
+            .collect();
+        pids.sort_unstable();
+        pids.dedup();
+        pids
+    }
+
+    /// SIGKILLs everything in the groups until they are empty, then removes them (and our
+    /// parent directories once this process has no group left).
+    pub(super) fn kill_and_remove(&mut self) -> std::io::Result<()> {
+        let end = Instant::now() + Duration::from_secs(10);
+        loop {
+            let pids = self.members();
+            if pids.is_empty() {
+                break;
+            }
+            for pid in pids {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+            if Instant::now() > end {
+                return Err(std::io::Error::other(
+                    "processes in the sandbox cgroup survive SIGKILL",
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let mut live = LIVE
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut result = Ok(());
+        for dir in std::mem::take(&mut self.dirs) {
+            let end = Instant::now() + Duration::from_secs(5);
+            // An emptied group can stay busy for a moment while the last task is released.
+            let removed = loop {
+                match std::fs::remove_dir(&dir) {
+                    Ok(()) => break Ok(()),
+                    Err(e) if e.kind() == ErrorKind::NotFound => break Ok(()),
+                    Err(e) if Instant::now() > end => break Err(e),
+                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                }
+            };
+            *live = live.saturating_sub(1);
+            if *live == 0
+                && let Some(parent) = dir.parent()
+            {
+                let _ = std::fs::remove_dir(parent); // busy if another server uses it
+            }
+            if removed.is_err() {
+                result = removed;
+            }
+        }
+        result
+    }
+}
+
+/// Every group under our parents (`openenv-rs/<id>`) as (id, path), for the orphan sweep.
+pub(super) fn listed(roots: &CgroupRoots) -> Vec<(String, PathBuf)> {
+    [&roots.pids, &roots.memory]
+        .into_iter()
+        .flatten()
+        .filter_map(|parent| std::fs::read_dir(parent).ok())
+        .flatten()
+        .filter_map(|e| {
+            let e = e.ok()?;
+            e.file_type()
+                .ok()?
+                .is_dir()
+                .then(|| (e.file_name().to_string_lossy().into_owned(), e.path()))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_own_group_of_a_controller() {
+        let mountinfo = "30 25 0:26 / /sys/fs/cgroup/memory rw,relatime shared:9 - cgroup cgroup rw,memory\n\
+                         31 25 0:27 / /sys/fs/cgroup/pids rw,relatime shared:10 - cgroup cgroup rw,pids\n\
+                         32 25 0:28 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n";
+        let cgroups = "8:pids:/\n4:memory:/job/abc\n0::/\n";
+        assert_eq!(
+            own_group(mountinfo, cgroups, "pids").unwrap(),
+            Path::new("/sys/fs/cgroup/pids")
+        );
+        assert_eq!(
+            own_group(mountinfo, cgroups, "memory").unwrap(),
+            Path::new("/sys/fs/cgroup/memory/job/abc")
+        );
+        assert!(own_group(mountinfo, cgroups, "cpu").is_none());
+    }
+}

@@ -37,7 +37,7 @@ pub struct ServeConfig {
     pub port: u16,
 
     /// The one environment this process serves; every session gets a fresh instance.
-    #[arg(long = "env", env = "ENV_SERVER_ENV", default_value = "echo", value_parser = clap::builder::PossibleValuesParser::new(crate::envs::ENV_NAMES))]
+    #[arg(long = "env", env = "ENV_SERVER_ENV", default_value = "terminal", value_parser = clap::builder::PossibleValuesParser::new(crate::envs::ENV_NAMES))]
     pub env: String,
 
     /// The sandbox backend of the environments that use one.

@@ -33,7 +33,7 @@ impl Server {
     fn spawn(args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut cmd = clean_command();
         cmd.arg("serve")
-            .args(["--port", "0"])
+            .args(["--env", "echo", "--port", "0"])
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::null());

@@ -97,8 +97,7 @@ async fn main() -> anyhow::Result<()> {
     let Command::Serve(config) = cli.command;
     init_logging(config.log_format);
     raise_fd_limit();
-    let factory = env_server::envs::factory(&config.env)
-        .with_context(|| format!("unknown environment {:?}", config.env))?;
+    let factory = env_server::envs::build(&config).await?;
     let listener = tokio::net::TcpListener::bind((config.host, config.port))
         .await
         .with_context(|| format!("cannot bind {}:{}", config.host, config.port))?;

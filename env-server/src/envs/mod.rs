@@ -192,14 +192,42 @@ pub trait EnvFactory: Send + Sync + 'static {
     async fn create(&self) -> Result<Box<dyn Environment>, EnvError>;
 }
 
-/// The names `--env` accepts, in help order.
-pub const ENV_NAMES: &[&str] = &["echo"];
+/// The names `--env` accepts, in help order (the first is the default).
+pub const ENV_NAMES: &[&str] = &["terminal", "echo"];
 
-/// The factory for `--env NAME`, or `None` for an unknown name.
+/// The factory of an environment that needs no sandbox (`echo`), or `None`.
 pub fn factory(name: &str) -> Option<Arc<dyn EnvFactory>> {
     match name {
         "echo" => Some(Arc::new(echo::EchoFactory)),
         _ => None,
+    }
+}
+
+/// Why the server cannot serve the configured environment.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// `--env` names no environment.
+    #[error("unknown environment {0:?} (known: {known})", known = ENV_NAMES.join(", "))]
+    UnknownEnv(String),
+    /// The environment's sandbox backend is unusable.
+    #[error(transparent)]
+    Sandbox(#[from] crate::sandbox::SandboxError),
+}
+
+/// Builds the factory `config.env` names; for envs with a sandbox, the backend is created,
+/// checked (one clear error naming the fix when it is unusable) and swept of orphans left by a
+/// crashed predecessor.
+pub async fn build(config: &crate::config::ServeConfig) -> Result<Arc<dyn EnvFactory>, BuildError> {
+    match config.env.as_str() {
+        "terminal" => {
+            let backend = crate::sandbox::backend(config).await?;
+            Ok(Arc::new(terminal::TerminalFactory::new(
+                config.terminal.clone(),
+                backend,
+            )))
+        }
+        name => factory(name).ok_or_else(|| BuildError::UnknownEnv(name.to_owned())),
     }
 }
 

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 #[tokio::test]
 async fn a_whole_episode_through_the_rust_client() {
-    let server = ServerProcess::start(&[]).await;
+    let server = ServerProcess::start(&["--env", "echo"]).await;
     let client = EnvClient::connect(&server.url()).await.unwrap();
     let reset = client
         .reset(obj(
@@ -64,7 +64,7 @@ async fn a_whole_episode_through_the_rust_client() {
 
 #[tokio::test]
 async fn server_errors_are_typed_and_leave_the_session_usable() {
-    let server = ServerProcess::start(&[]).await;
+    let server = ServerProcess::start(&["--env", "echo"]).await;
     let client = EnvClient::connect(&server.url()).await.unwrap();
     client.reset(obj(json!({}))).await.unwrap();
 
@@ -112,7 +112,7 @@ async fn server_errors_are_typed_and_leave_the_session_usable() {
 
 #[tokio::test]
 async fn capacity_is_reported_as_a_typed_error() {
-    let server = ServerProcess::start(&["--max-sessions", "1"]).await;
+    let server = ServerProcess::start(&["--env", "echo", "--max-sessions", "1"]).await;
     let first = EnvClient::connect(&server.url()).await.unwrap();
     first.reset(obj(json!({}))).await.unwrap();
     let second = EnvClient::connect(&server.url()).await.unwrap();
@@ -138,8 +138,8 @@ async fn capacity_is_reported_as_a_typed_error() {
 
 #[tokio::test]
 async fn the_pool_spreads_episodes_over_servers_within_their_caps() {
-    let a = ServerProcess::start(&["--max-sessions", "4"]).await;
-    let b = ServerProcess::start(&["--max-sessions", "4"]).await;
+    let a = ServerProcess::start(&["--env", "echo", "--max-sessions", "4"]).await;
+    let b = ServerProcess::start(&["--env", "echo", "--max-sessions", "4"]).await;
     let pool = Pool::new([a.url(), b.url()], 4).unwrap();
     assert_eq!(pool.capacity(), 8);
     let results = pool
@@ -173,8 +173,15 @@ async fn the_pool_spreads_episodes_over_servers_within_their_caps() {
 
 #[tokio::test]
 async fn an_idle_client_answers_keepalive_pings() {
-    let server =
-        ServerProcess::start(&["--keepalive-interval-s", "1", "--keepalive-timeout-s", "1"]).await;
+    let server = ServerProcess::start(&[
+        "--env",
+        "echo",
+        "--keepalive-interval-s",
+        "1",
+        "--keepalive-timeout-s",
+        "1",
+    ])
+    .await;
     let config = ClientConfig::default().with_keepalive_interval(Some(Duration::from_millis(200)));
     let client = EnvClient::connect_with(&server.url(), config)
         .await

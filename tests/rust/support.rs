@@ -37,6 +37,11 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// Starts `env-server serve --port 0 <args>` and waits for its listening line.
     pub async fn start(args: &[&str]) -> Self {
+        Self::start_with_env(args, &[]).await
+    }
+
+    /// Like [`ServerProcess::start`], with extra variables in the server's environment.
+    pub async fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut cmd = Command::new(server_bin());
         cmd.arg("serve")
             .args(["--host", "127.0.0.1", "--port", "0"])
@@ -45,6 +50,9 @@ impl ServerProcess {
             if key.starts_with("ENV_SERVER_") || key == "MAX_CONCURRENT_ENVS" {
                 cmd.env_remove(key);
             }
+        }
+        for (key, value) in env {
+            cmd.env(key, value);
         }
         cmd.stdout(Stdio::piped())
             .stderr(Stdio::null())

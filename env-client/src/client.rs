@@ -324,7 +324,8 @@ impl EnvClient {
 
     /// Calls an MCP tool through the step path:
     /// `{"type":"step","data":{"type":"call_tool","tool_name":…,"arguments":{…}}}`.
-    /// An `error` object in the observation becomes [`ClientError::Tool`].
+    /// An `error` object in the observation becomes [`ClientError::Tool`], or
+    /// [`ClientError::EpisodeDone`] when the observation metadata says `EPISODE_DONE`.
     pub async fn call_tool(&self, name: &str, arguments: JsonMap) -> Result<ToolCall, ClientError> {
         let mut action = JsonMap::new();
         action.insert("type".to_owned(), Value::from("call_tool"));
@@ -432,11 +433,24 @@ fn unexpected(frame: ServerFrame, op: &str, wanted: &str) -> ClientError {
     ))
 }
 
+/// The observation-metadata `error_code` of a tool call on a finished episode
+/// (`TERMINAL_ENV.md` §4.5).
+const EPISODE_DONE: &str = "EPISODE_DONE";
+
 /// Reads a step-path `call_tool` observation (`PROTOCOL.md` §6.1).
 fn tool_call(envelope: ObservationEnvelope) -> Result<ToolCall, ClientError> {
     let observation = envelope.observation;
     if let Some(error) = observation.get("error").filter(|e| !e.is_null()) {
+        let episode_done = observation
+            .metadata()
+            .and_then(|meta| meta.get("error_code"))
+            .and_then(Value::as_str)
+            == Some(EPISODE_DONE);
         return Err(match serde_json::from_value::<ToolError>(error.clone()) {
+            Ok(ToolError { message, .. }) if episode_done => ClientError::EpisodeDone {
+                message,
+                reward: envelope.reward.map(Reward::as_f64),
+            },
             Ok(ToolError {
                 error_type,
                 message,
@@ -520,5 +534,16 @@ mod tests {
                 ..
             })
         ));
+        let done: ObservationEnvelope = serde_json::from_str(
+            r#"{"observation":{"metadata":{"error_code":"EPISODE_DONE"},"tool_name":"terminal","result":null,"error":{"error_type":"execution_error","message":"Episode is done (reward=1.0). Call reset() to start a new episode."}},"reward":1.0,"done":true,"metadata":{"error_code":"EPISODE_DONE"}}"#,
+        )
+        .unwrap();
+        let err = tool_call(done).unwrap_err();
+        assert!(
+            matches!(&err, ClientError::EpisodeDone { reward: Some(r), .. } if *r == 1.0),
+            "{err:?}"
+        );
+        assert!(!err.is_fatal());
+        assert!(err.to_string().contains("Episode is done"), "{err}");
     }
 }

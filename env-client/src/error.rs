@@ -13,7 +13,7 @@ use crate::protocol::{ErrorCode, ErrorData, ToolErrorType};
 
 /// A failed client or pool call.
 #[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
+#[cfg_attr(not(feature = "exhaustive"), non_exhaustive)]
 pub enum ClientError {
     /// The server URL cannot be turned into a `/ws` address, or needs a transport this build
     /// lacks (`wss://`: TLS is not compiled in).
@@ -84,6 +84,17 @@ pub enum ClientError {
         /// The server's message, e.g. `Unknown tool: 'nope'`.
         message: String,
     },
+    /// A step-path tool call on an episode that is already done (`TERMINAL_ENV.md` §4.5):
+    /// the environment ran nothing and answered with a tool error whose observation metadata
+    /// has `"error_code":"EPISODE_DONE"`. The session is intact; `reset` starts a new episode.
+    #[error("Tool failed: {message} (episode done)")]
+    EpisodeDone {
+        /// The server's message, e.g. `Episode is done (reward=1.0). Call reset() to start a
+        /// new episode.`
+        message: String,
+        /// The episode's final reward, as the observation carried it.
+        reward: Option<f64>,
+    },
     /// A JSON-RPC error where a typed helper needs a result.
     #[error("JSON-RPC error {code}: {message}")]
     Rpc {
@@ -133,6 +144,7 @@ impl ClientError {
             | Self::Transport { .. } => true,
             Self::Protocol { .. }
             | Self::Tool { .. }
+            | Self::EpisodeDone { .. }
             | Self::Rpc { .. }
             | Self::Unsupported { .. } => false,
         }

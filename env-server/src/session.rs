@@ -403,10 +403,12 @@ async fn send_with_timeout<S>(socket: &mut S, msg: Message, limit: Duration) -> 
 where
     S: Sink<Message, Error = axum::Error> + Unpin,
 {
-    matches!(
-        tokio::time::timeout(limit, socket.send(msg)).await,
-        Ok(Ok(()))
-    )
+    // On a healthy peer the send completes at once: arm the timer only when it does not.
+    let mut send = socket.send(msg);
+    if let Some(done) = (&mut send).now_or_never() {
+        return done.is_ok();
+    }
+    matches!(tokio::time::timeout(limit, send).await, Ok(Ok(())))
 }
 
 async fn poll_inflight(inflight: &mut Option<BoxFuture<Outgoing>>) -> Outgoing {
@@ -497,6 +499,11 @@ where
     let idle_deadline = tokio::time::sleep_until(idle.map_or_else(far, |d| Instant::now() + d));
     tokio::pin!(idle_deadline);
     let mut destroy = false;
+    // Registered once, not on every pass of the loop.
+    let server_stopping = shutdown.cancelled();
+    tokio::pin!(server_stopping);
+    let session_destroyed = session.cancel.cancelled();
+    tokio::pin!(session_destroyed);
 
     let ended = 'session: loop {
         // Start queued requests while none is in flight, answering what is ready at once.
@@ -524,11 +531,11 @@ where
 
         tokio::select! {
             biased;
-            () = shutdown.cancelled() => {
+            () = &mut server_stopping => {
                 let _ = send_with_timeout(&mut socket, close_message(1001, "server shutting down".to_owned()), Duration::from_secs(1)).await;
                 break Ended::Cancelled;
             }
-            () = session.cancel.cancelled() => {
+            () = &mut session_destroyed => {
                 let _ = send_with_timeout(&mut socket, close_message(1000, String::new()), Duration::from_secs(1)).await;
                 break Ended::Cancelled;
             }

@@ -228,7 +228,7 @@ impl Cgroups {
                     "processes in the sandbox cgroup survive SIGKILL",
                 ));
             }
-            std::thread::sleep(Duration::from_millis(2));
+            std::thread::sleep(Duration::from_micros(500));
         }
         let mut live = LIVE
             .lock()
@@ -242,7 +242,7 @@ impl Cgroups {
                     Ok(()) => break Ok(()),
                     Err(e) if e.kind() == ErrorKind::NotFound => break Ok(()),
                     Err(e) if Instant::now() > end => break Err(e),
-                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                    Err(_) => std::thread::sleep(Duration::from_micros(500)),
                 }
             };
             *live = live.saturating_sub(1);

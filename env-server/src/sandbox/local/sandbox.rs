@@ -1,5 +1,5 @@
 //! [`LocalSandbox`]: one bwrap + `sbx` per episode. Commands and processes go through the
-//! control channel; files are handled on the host side ([`super::files`]); teardown stops
+//! control channel; files are handled on the host side (`files`); teardown stops
 //! `sbx`, waits for bwrap, checks from the host that no process of the sandbox is left (its pid
 //! namespace, its uid, its cgroups), removes the cgroups and the episode directory.
 
@@ -72,9 +72,15 @@ impl Parts {
         let uid = self.claim.as_ref().map(UidClaim::uid);
         let end = Instant::now() + GONE_DEADLINE;
         let mut problems = Vec::new();
+        // Every process of the sandbox is in its cgroups (bwrap joined them before forking and
+        // nothing inside can leave them): then they are the whole truth, and much cheaper to
+        // read than a scan of the host's /proc.
+        let scan = self.cgroups.dirs().is_empty();
         loop {
-            let mut left = procfs::sandbox_members(self.pid_ns.as_deref(), uid);
-            left.extend(self.cgroups.members());
+            let left = match scan {
+                true => procfs::sandbox_members(self.pid_ns.as_deref(), uid),
+                false => self.cgroups.members(),
+            };
             if left.is_empty() {
                 break;
             }
@@ -85,7 +91,7 @@ impl Parts {
                 problems.push("processes of the sandbox survive SIGKILL".to_owned());
                 break;
             }
-            std::thread::sleep(Duration::from_millis(2));
+            std::thread::sleep(Duration::from_micros(500));
         }
         if let Err(e) = self.cgroups.kill_and_remove() {
             problems.push(format!("removing the sandbox cgroups failed: {e}"));

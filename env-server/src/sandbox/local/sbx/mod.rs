@@ -1,7 +1,7 @@
 //! `sbx`, the in-sandbox supervisor (`SANDBOXES.md` §2.2), run by bwrap as the sandbox's PID 2
 //! from the `env-sbx` binary (read-only at `/.openenv/sbx`).
 //!
-//! `sbx init --control-fd N --reply-fd M …` serves the frames of [`super::proto`] until the
+//! `sbx init --control-fd N --reply-fd M …` serves the frames of the control protocol (`local::proto`) until the
 //! control pipe closes or a `Shutdown` arrives, then kills every process and exits (bwrap, PID 1,
 //! follows, and the kernel reaps the namespace). One current-thread tokio runtime, no threads:
 //! a fork bomb at the pids limit cannot stop `sbx` from killing it. `sbx` makes itself

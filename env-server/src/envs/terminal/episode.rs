@@ -321,7 +321,7 @@ impl TerminalEnv {
         }
         // Step 10: the agent shell.
         let shell = if args.shell_mode == ShellMode::Persistent {
-            match PersistentShell::start(sandbox.as_ref(), &settings, args.command_timeout).await {
+            match PersistentShell::start(sandbox.as_ref(), &settings).await {
                 Ok(shell) => Some(shell),
                 Err(err) => {
                     meta.insert(

@@ -214,6 +214,8 @@ pub(crate) enum ShellEnd {
     Done(i32),
     /// The shell itself exited (`exit`, `set -e`) with this status.
     Exited(Option<i32>),
+    /// The shell exited while starting (its login profile exits): the command never ran.
+    StartFailed(Option<i32>),
     /// The timeout fired; the shell must be killed and restarted.
     TimedOut,
 }
@@ -223,6 +225,8 @@ pub(crate) struct PersistentShell {
     process: Box<dyn Process>,
     carry_out: Vec<u8>,
     carry_err: Vec<u8>,
+    /// The nonce of the startup command whose sentinels are still to be read.
+    pending_startup: Option<String>,
     /// A command was started and not finished (its future was dropped): restart first.
     pub(crate) dirty: bool,
 }
@@ -236,12 +240,12 @@ impl std::fmt::Debug for PersistentShell {
 }
 
 impl PersistentShell {
-    /// Spawns the shell in the work dir and waits until it answers a no-op (which swallows
-    /// whatever the login profile printed).
+    /// Spawns the shell in the work dir and sends it [`STARTUP_COMMAND`] without waiting: the
+    /// first command reads (and discards) the startup's output, including whatever the login
+    /// profile printed, so a reset does not pay for the login profile.
     pub(crate) async fn start(
         sandbox: &dyn Sandbox,
         settings: &ShellSettings,
-        timeout: Duration,
     ) -> Result<Self, SandboxError> {
         let mut argv = vec!["bash".to_owned()];
         if settings.login_shell {
@@ -261,46 +265,41 @@ impl PersistentShell {
             process,
             carry_out: Vec::new(),
             carry_err: Vec::new(),
+            pending_startup: None,
             dirty: false,
         };
-        let (end, _, _) = shell.run(STARTUP_COMMAND, timeout, 4096, 0.25).await?;
-        if end == ShellEnd::Done(0) {
-            shell.carry_out.clear();
-            shell.carry_err.clear();
-            Ok(shell)
-        } else {
-            shell.kill().await;
-            Err(SandboxError::CreateFailed {
-                reason: "the agent shell did not start".to_owned(),
-            })
+        let nonce = nonce();
+        shell.send(STARTUP_COMMAND, &nonce).await?;
+        shell.pending_startup = Some(nonce);
+        Ok(shell)
+    }
+
+    /// Writes one wrapped command to the shell's stdin.
+    async fn send(&mut self, command: &str, nonce: &str) -> Result<(), SandboxError> {
+        let script = Bytes::from(wrap_command(command, nonce));
+        match self.process.write_stdin(script).await {
+            Ok(()) => Ok(()),
+            Err(gone @ SandboxError::Gone { .. }) => Err(gone),
+            Err(other) => {
+                // A dead shell's stdin is closed: its exit event tells the rest.
+                tracing::debug!(error = %other, "writing to the agent shell failed");
+                Ok(())
+            }
         }
     }
 
-    /// Runs one command; returns how it ended and the captured stdout and stderr.
-    pub(crate) async fn run(
+    /// Reads events until both sentinels of `nonce`, the shell's exit, or the deadline.
+    async fn collect(
         &mut self,
-        command: &str,
-        timeout: Duration,
+        nonce: &str,
+        deadline: Instant,
         cap: usize,
         head_fraction: f64,
-    ) -> Result<(ShellEnd, CapturedOutput, CapturedOutput), SandboxError> {
-        let nonce = nonce();
-        let deadline = Instant::now() + timeout;
-        let mut out = SentinelScanner::new(&nonce, true, cap, head_fraction);
-        let mut err = SentinelScanner::new(&nonce, false, cap, head_fraction);
+    ) -> (ShellEnd, CapturedOutput, CapturedOutput) {
+        let mut out = SentinelScanner::new(nonce, true, cap, head_fraction);
+        let mut err = SentinelScanner::new(nonce, false, cap, head_fraction);
         out.push(&std::mem::take(&mut self.carry_out));
         err.push(&std::mem::take(&mut self.carry_err));
-        self.dirty = true;
-        match self
-            .process
-            .write_stdin(Bytes::from(wrap_command(command, &nonce)))
-            .await
-        {
-            Ok(()) => {}
-            Err(gone @ SandboxError::Gone { .. }) => return Err(gone),
-            // A dead shell's stdin is closed: its exit event tells the rest.
-            Err(other) => tracing::debug!(error = %other, "writing to the agent shell failed"),
-        }
         let end = loop {
             if out.found() && err.found() {
                 break ShellEnd::Done(out.status().unwrap_or(-1));
@@ -320,6 +319,35 @@ impl PersistentShell {
         if matches!(end, ShellEnd::Done(_)) {
             self.carry_out = after_out;
             self.carry_err = after_err;
+        }
+        (end, stdout, stderr)
+    }
+
+    /// Runs one command; returns how it ended and the captured stdout and stderr. The timeout
+    /// covers the shell's startup when this is its first command.
+    pub(crate) async fn run(
+        &mut self,
+        command: &str,
+        timeout: Duration,
+        cap: usize,
+        head_fraction: f64,
+    ) -> Result<(ShellEnd, CapturedOutput, CapturedOutput), SandboxError> {
+        let deadline = Instant::now() + timeout;
+        self.dirty = true;
+        if let Some(startup) = self.pending_startup.take() {
+            let (end, stdout, stderr) = self.collect(&startup, deadline, 0, 0.0).await;
+            match end {
+                ShellEnd::Done(_) => {}
+                ShellEnd::Exited(code) => return Ok((ShellEnd::StartFailed(code), stdout, stderr)),
+                other => return Ok((other, stdout, stderr)),
+            }
+            self.carry_out.clear();
+            self.carry_err.clear();
+        }
+        let nonce = nonce();
+        self.send(command, &nonce).await?;
+        let (end, stdout, stderr) = self.collect(&nonce, deadline, cap, head_fraction).await;
+        if matches!(end, ShellEnd::Done(_)) {
             self.dirty = false;
         }
         Ok((end, stdout, stderr))

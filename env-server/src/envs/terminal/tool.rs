@@ -106,14 +106,13 @@ async fn run_persistent(
         sandbox,
         shell,
         settings,
-        command_timeout,
         ..
     } = ep;
     if shell.as_ref().is_none_or(|s| s.dirty) {
         if let Some(mut old) = shell.take() {
             old.kill().await;
         }
-        *shell = Some(PersistentShell::start(sandbox.as_ref(), settings, *command_timeout).await?);
+        *shell = Some(PersistentShell::start(sandbox.as_ref(), settings).await?);
     }
     let Some(sh) = shell.as_mut() else {
         return Err(SandboxError::Transport {
@@ -146,6 +145,12 @@ async fn run_persistent(
             result.exit_code = code;
             Some(shell_exit_text(code))
         }
+        ShellEnd::StartFailed(code) => {
+            // The agent's login profile exits: later shells skip it (`--noprofile --norc`).
+            settings.login_shell = false;
+            result.exit_code = code;
+            Some(shell_exit_text(code))
+        }
         ShellEnd::TimedOut => {
             result.timed_out = true;
             Some(persistent_timeout_text(timeout))
@@ -155,7 +160,7 @@ async fn run_persistent(
         if let Some(mut old) = shell.take() {
             old.kill().await;
         }
-        match PersistentShell::start(sandbox.as_ref(), settings, *command_timeout).await {
+        match PersistentShell::start(sandbox.as_ref(), settings).await {
             Ok(new) => *shell = Some(new),
             Err(err) => tracing::warn!(error = %err, "restarting the agent shell failed"),
         }

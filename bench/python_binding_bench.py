@@ -176,6 +176,34 @@ def official_sync(url: str, steps: int, warmup: int) -> List[float]:
         return timed_sync(lambda: env.step(ACTION), steps, warmup)
 
 
+def throughput(client: str, url: str, sessions: int, steps: int) -> float:
+    """Steps/s of `sessions` concurrent sessions stepping in a closed loop in one event loop."""
+
+    async def one(env: object) -> None:
+        await env.reset()  # type: ignore[attr-defined]
+        for _ in range(steps):
+            await env.step(ACTION)  # type: ignore[attr-defined]
+
+    async def run() -> float:
+        if client == "binding":
+            from openenv_rs import AsyncEnvClient
+
+            envs = [AsyncEnvClient(url) for _ in range(sessions)]
+            await asyncio.gather(*(env.connect() for env in envs))
+        else:
+            from openenv.core import GenericEnvClient
+
+            envs = [GenericEnvClient(base_url=url) for _ in range(sessions)]
+            await asyncio.gather(*(env.connect() for env in envs))
+        start = time.perf_counter()
+        await asyncio.gather(*(one(env) for env in envs))
+        elapsed = time.perf_counter() - start
+        await asyncio.gather(*(env.close() for env in envs))
+        return sessions * (steps + 1) / elapsed
+
+    return asyncio.run(run())
+
+
 # -- the report ----------------------------------------------------------------------------
 
 
@@ -204,6 +232,10 @@ def main() -> None:
                         help="env-server binary (default: target/release, else target/debug)")
     parser.add_argument("--no-pin", action="store_true", help="do not pin server and clients")
     parser.add_argument("--json", action="store_true", help="also print the summary as JSON")
+    parser.add_argument("--sessions", type=int, default=64,
+                        help="concurrent sessions of the async throughput run (0 = skip it)")
+    parser.add_argument("--session-steps", type=int, default=200,
+                        help="steps per session in the throughput run")
     parser.add_argument("--clients", default="rust,sync,async,official-sync,official-async",
                         help="which clients to run (comma-separated; rust is always run)")
     args = parser.parse_args()
@@ -220,6 +252,10 @@ def main() -> None:
 
     import openenv_rs
 
+    if openenv_rs._native.__build__ != "release":
+        server.stop()
+        sys.exit("the installed openenv_rs is a debug build: run `scripts/python-wheel.sh` "
+                 "(release) first")
     wanted = set(args.clients.split(",")) | {"rust"}
     runs: List[tuple] = [("rust EnvClient (env-client)", rust_client, args.steps)]
     if "sync" in wanted:
@@ -243,10 +279,19 @@ def main() -> None:
                      args.official_steps))
 
     results: Dict[str, Dict[str, float]] = {}
+    rates: Dict[str, float] = {}
     try:
         for name, run, steps in runs:
             print(f"  {name}: {steps} steps …", file=sys.stderr, flush=True)
             results[name] = summary(run(server.url, steps, args.warmup))
+        if args.sessions > 0:
+            contenders = [("openenv_rs.AsyncEnvClient", "binding")]
+            if official:
+                contenders.append((f"openenv {official} GenericEnvClient (async)", "official"))
+            for name, kind in contenders:
+                print(f"  throughput: {name}, {args.sessions} sessions …", file=sys.stderr,
+                      flush=True)
+                rates[name] = throughput(kind, server.url, args.sessions, args.session_steps)
     finally:
         server.stop()
 
@@ -277,8 +322,13 @@ def main() -> None:
         if ours and theirs:
             print(f"official {mode} client p50 / binding {mode} p50 = "
                   f"{theirs['p50'] / ours['p50']:.2f}×")
+    if rates:
+        print(f"\nThroughput, {args.sessions} concurrent sessions in one event loop "
+              f"({args.session_steps} steps each):")
+        for name, rate in rates.items():
+            print(f"  {name:<42} {rate:>9.0f} steps/s")
     if args.json:
-        print(json.dumps(results, indent=2))
+        print(json.dumps({"latency": results, "throughput": rates}, indent=2))
 
 
 if __name__ == "__main__":

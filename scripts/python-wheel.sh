@@ -18,7 +18,7 @@
 #
 # Usage: scripts/python-wheel.sh [--force] [--debug]
 #   --debug   build with the dev profile (faster to build, slower to run; default: --release,
-#             which bench/python_binding_bench.py needs)
+#             which bench/python_binding_bench.py needs: it refuses a debug build)
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -85,11 +85,13 @@ if [ "$force" = 0 ] && [ -f "$wheel_stamp" ] && [ "$(cat "$wheel_stamp")" = "$wa
     exit 0
 fi
 
-log "building the wheel: maturin build -m python/Cargo.toml ${profile[*]:-} -o target/wheels"
+log "building the wheel: maturin build -m python/Cargo.toml ${profile[*]:-} -o target/wheels (target dir target/maturin)"
 mkdir -p "$out"
 rm -f "$out"/openenv_rs-*.whl
+# Its own target dir: maturin configures pyo3 differently from a plain `cargo build`, so
+# sharing target/ would rebuild pyo3 every time the two alternate.
 "$venv/bin/maturin" build -m python/Cargo.toml "${profile[@]}" -o "$out" \
-    --interpreter "$py" --locked
+    --interpreter "$py" --locked --target-dir "$repo/target/maturin"
 wheel="$(ls -t "$out"/openenv_rs-*.whl 2>/dev/null | head -n 1)"
 [ -n "$wheel" ] || die "maturin produced no wheel in $out"
 

@@ -9,6 +9,7 @@ from typing import Any, Optional, Union
 from typing_extensions import Self, disjoint_base, final
 
 __version__: str
+__build__: str
 
 __all__ = [
     "EnvClient",
@@ -40,6 +41,7 @@ __all__ = [
     "TransportError",
     "ForkError",
     "__version__",
+    "__build__",
 ]
 
 _JsonValue = Any

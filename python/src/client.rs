@@ -1,7 +1,7 @@
 //! `EnvClient` (blocking) and `AsyncEnvClient` (asyncio): one WebSocket session each,
 //! wrapping [`env_client::EnvClient`]. Both hold a [`Core`]; the sync methods run its futures
 //! with `block_on` on the process runtime with the interpreter released (`py.detach`), the
-//! async ones hand them to pyo3-async-runtimes as awaitables.
+//! async ones return asyncio futures resolved from the runtime (`bridge.rs`).
 //!
 //! A client connects on first use (or `connect()`, `with`, `async with`), as OpenEnv's
 //! clients do, and cannot be reopened after `close()`.
@@ -21,10 +21,11 @@ use env_client::{ClientConfig, ClientError, PooledClient, StepResult, ToolCall};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 
+use crate::bridge::awaitable;
 use crate::convert;
 use crate::errors::{Failure, to_py_err};
 use crate::results::{Reply, ToPython, ToolCallFull, ToolValue, Tools};
-use crate::runtime::{future_into_py, runtime};
+use crate::runtime::runtime;
 
 /// The connection behind a client: direct, or a session of a pool (which frees its slot when
 /// dropped).
@@ -473,9 +474,7 @@ impl AsyncEnvClient {
     fn connect<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
         let core = Arc::clone(&slf.get().core);
         let this = slf.clone().unbind();
-        future_into_py(slf.py(), async move {
-            Reply(core.session().await.map(|_| this))
-        })
+        awaitable(slf.py(), async move { core.session().await.map(|_| this) })
     }
 
     #[pyo3(signature = (**kwargs))]
@@ -486,7 +485,7 @@ impl AsyncEnvClient {
     ) -> PyResult<Bound<'py, PyAny>> {
         let kwargs = convert::kwargs_to_json(kwargs)?;
         let core = Arc::clone(&self.core);
-        future_into_py(py, async move { Reply(core.reset(kwargs).await) })
+        awaitable(py, async move { core.reset(kwargs).await })
     }
 
     fn step<'py>(
@@ -496,22 +495,22 @@ impl AsyncEnvClient {
     ) -> PyResult<Bound<'py, PyAny>> {
         let action = convert::to_json_map(action, "action")?;
         let core = Arc::clone(&self.core);
-        future_into_py(py, async move { Reply(core.step(action).await) })
+        awaitable(py, async move { core.step(action).await })
     }
 
     fn state<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let core = Arc::clone(&self.core);
-        future_into_py(py, async move { Reply(core.state().await) })
+        awaitable(py, async move { core.state().await })
     }
 
     fn verify<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let core = Arc::clone(&self.core);
-        future_into_py(py, async move { Reply(core.verify().await) })
+        awaitable(py, async move { core.verify().await })
     }
 
     fn list_tools<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let core = Arc::clone(&self.core);
-        future_into_py(py, async move { Reply(core.list_tools().await.map(Tools)) })
+        awaitable(py, async move { core.list_tools().await.map(Tools) })
     }
 
     #[pyo3(signature = (name, /, **arguments))]
@@ -523,8 +522,8 @@ impl AsyncEnvClient {
     ) -> PyResult<Bound<'py, PyAny>> {
         let arguments = convert::kwargs_to_json(arguments)?;
         let core = Arc::clone(&self.core);
-        future_into_py(py, async move {
-            Reply(core.call_tool(name, arguments).await.map(ToolValue))
+        awaitable(py, async move {
+            core.call_tool(name, arguments).await.map(ToolValue)
         })
     }
 
@@ -537,14 +536,14 @@ impl AsyncEnvClient {
     ) -> PyResult<Bound<'py, PyAny>> {
         let arguments = convert::kwargs_to_json(arguments)?;
         let core = Arc::clone(&self.core);
-        future_into_py(py, async move {
-            Reply(core.call_tool(name, arguments).await.map(ToolCallFull))
+        awaitable(py, async move {
+            core.call_tool(name, arguments).await.map(ToolCallFull)
         })
     }
 
     fn close<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let core = Arc::clone(&self.core);
-        future_into_py(py, async move { Reply(core.close().await) })
+        awaitable(py, async move { core.close().await })
     }
 
     fn __aenter__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
@@ -561,16 +560,65 @@ impl AsyncEnvClient {
             .get_item(0)
             .is_ok_and(|exc_type| exception_pending(&exc_type));
         let core = Arc::clone(&self.core);
-        future_into_py(py, async move {
-            Reply(match core.close().await {
+        awaitable(py, async move {
+            match core.close().await {
                 // Never mask the exception that is leaving the block.
                 Err(_) if propagating => Ok(false),
                 other => other.map(|()| false),
-            })
+            }
         })
     }
 
     fn __repr__(&self) -> String {
         format!("AsyncEnvClient(url={:?})", self.core.url)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_takes_seconds_and_none() {
+        let config = config(2.5, None, Some(1.0), 1024).unwrap();
+        assert_eq!(config.connect_timeout, Duration::from_millis(2500));
+        assert_eq!(config.request_timeout, None);
+        assert_eq!(config.keepalive_interval, Some(Duration::from_secs(1)));
+        assert_eq!(config.max_message_bytes, 1024);
+    }
+
+    #[test]
+    fn config_refuses_non_positive_values() {
+        for (connect, request, keepalive, bytes) in [
+            (0.0, None, None, 1),
+            (-1.0, None, None, 1),
+            (f64::NAN, None, None, 1),
+            (1.0, Some(0.0), None, 1),
+            (1.0, None, Some(-2.0), 1),
+            (1.0, None, None, 0),
+        ] {
+            let err = config(connect, request, keepalive, bytes).unwrap_err();
+            assert!(
+                matches!(err, Failure::Client(ClientError::InvalidConfig { .. })),
+                "{err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_core_checks_its_pid_and_url() {
+        let core = Core::new(
+            "http://127.0.0.1:9/p/",
+            ClientConfig::default(),
+            "EnvClient",
+        )
+        .unwrap();
+        assert_eq!(core.url, "ws://127.0.0.1:9/p/ws");
+        assert!(core.check_pid().is_ok());
+        assert!(!core.is_closed());
+        assert!(matches!(
+            Core::new("ftp://h", ClientConfig::default(), "EnvClient"),
+            Err(Failure::Client(ClientError::InvalidUrl { .. }))
+        ));
     }
 }

@@ -37,6 +37,8 @@ pub(crate) enum Failure {
     Runtime(std::io::Error),
     /// A sync call was made from a thread of a Tokio runtime, where it cannot block.
     InsideRuntime,
+    /// A task panicked (a bug); its awaitable raises instead of hanging.
+    Panic(String),
 }
 
 impl From<ClientError> for Failure {
@@ -361,6 +363,12 @@ fn build(py: Python<'_>, failure: Failure) -> PyResult<PyErr> {
             &ex.base,
             format!("cannot start the openenv_rs I/O runtime: {err}"),
             vec![("reason", text(err.to_string())?)],
+        ),
+        Failure::Panic(message) => raise(
+            py,
+            &ex.base,
+            format!("internal error in openenv_rs (please report it): {message}"),
+            vec![],
         ),
         Failure::InsideRuntime => raise(
             py,

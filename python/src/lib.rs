@@ -9,13 +9,15 @@
 //!   the one conversion of a Rust result into a Python value or exception;
 //! - [`errors`]: the exception hierarchy and the one function that maps every failure;
 //! - [`convert`]: Python objects ↔ JSON values;
-//! - [`runtime`]: the process's Tokio runtime, rebuilt in a forked child.
+//! - [`runtime`]: the process's Tokio runtime, rebuilt in a forked child;
+//! - [`bridge`]: asyncio awaitables for the runtime's futures.
 //!
 //! Architecture invariant: the bindings speak no protocol of their own; every frame is built
 //! and parsed by `env_client`. The Python package around this module (`openenv_rs/`) adds
 //! pure-Python layers only: `Pool.session()`/`Pool.run()`, the TRL adapter
 //! (`openenv_rs.trl`) and the Terminus harness helpers (`openenv_rs.terminus`).
 
+pub(crate) mod bridge;
 pub mod client;
 pub(crate) mod convert;
 pub(crate) mod errors;
@@ -38,5 +40,14 @@ fn native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<results::ToolCallResult>()?;
     errors::register(module)?;
     module.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    // Which cargo profile built the module (benchmarks refuse a debug build).
+    module.add(
+        "__build__",
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        },
+    )?;
     Ok(())
 }

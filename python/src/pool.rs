@@ -10,10 +10,10 @@ use pyo3::types::{PyDict, PyList, PyString};
 
 use env_client::{ClientConfig, PooledClient};
 
+use crate::bridge::awaitable;
 use crate::client::{AsyncEnvClient, Core, config};
 use crate::errors::{Failure, to_py_err};
-use crate::results::{Reply, ToPython};
-use crate::runtime::future_into_py;
+use crate::results::ToPython;
 
 /// Runs episodes across servers with a per-server session cap.
 #[pyclass(frozen, subclass, module = "openenv_rs._native")]
@@ -124,13 +124,11 @@ impl Pool {
         self.check_pid().map_err(|failure| to_py_err(py, failure))?;
         let pool = self.inner.clone();
         let config = self.config.clone();
-        future_into_py(py, async move {
-            Reply(
-                pool.acquire()
-                    .await
-                    .map(|client| Acquired { client, config })
-                    .map_err(Failure::from),
-            )
+        awaitable(py, async move {
+            pool.acquire()
+                .await
+                .map(|client| Acquired { client, config })
+                .map_err(Failure::from)
         })
     }
 

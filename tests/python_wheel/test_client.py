@@ -156,6 +156,35 @@ def test_gil_is_released_while_waiting(silent_server) -> None:
     assert ticks > 100, ticks
 
 
+def test_cancelled_await_abandons_the_request(silent_server, echo_server) -> None:
+    async def main() -> None:
+        env = AsyncEnvClient(silent_server.url, request_timeout=30.0)
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(env.step({"message": "never answered"}), 0.2)
+        # The request was cancelled mid-flight: its connection cannot pair replies any more.
+        with pytest.raises(openenv_rs.ConnectionClosedError, match="cancelled"):
+            await asyncio.wait_for(env.state(), 5)
+        await env.close()
+        # Cancelling right away (before any reply) works too, and touches no other client.
+        stuck = AsyncEnvClient(silent_server.url)
+        await stuck.connect()
+        pending = stuck.step({"message": "a"})
+        assert pending.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await pending
+        await stuck.close()
+        async with AsyncEnvClient(echo_server.url) as other:
+            assert (await other.step({"message": "b"})).observation["echoed_message"] == "b"
+
+    asyncio.run(main())
+
+
+def test_awaitable_needs_a_running_loop(echo_server) -> None:
+    env = AsyncEnvClient(echo_server.url)
+    with pytest.raises(RuntimeError, match="no running event loop"):
+        env.reset()
+
+
 # -- Python ↔ JSON -------------------------------------------------------------------------
 
 

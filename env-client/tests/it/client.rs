@@ -677,6 +677,37 @@ async fn oversized_reply_is_a_protocol_error() {
 }
 
 #[tokio::test]
+async fn a_reply_many_times_the_read_buffer_arrives_whole() {
+    let text = "y".repeat(300 * 1024);
+    let sent = text.clone();
+    let (url, server) = serve_one(move |mut ws| async move {
+        recv_text(&mut ws).await;
+        let big = crate::support::observation(&sent, 1);
+        ws.send(Message::text(big)).await.unwrap();
+        drain(&mut ws).await;
+    })
+    .await;
+    let config = quiet().with_read_buffer_bytes(1024);
+    let client = EnvClient::connect_with(&url, config).await.unwrap();
+    let step = client.step(map(json!({"message": "x"}))).await.unwrap();
+    assert_eq!(step.observation.get("echoed_message"), Some(&json!(text)));
+    drop(client);
+    finish(server).await;
+}
+
+#[tokio::test]
+async fn a_tiny_read_buffer_is_an_invalid_config() {
+    let config = ClientConfig::default().with_read_buffer_bytes(16);
+    let err = EnvClient::connect_with("ws://127.0.0.1:9/ws", config)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ClientError::InvalidConfig { reason } if reason.contains("read_buffer_bytes")),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
 async fn connect_refused_is_a_connect_error() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

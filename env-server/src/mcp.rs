@@ -9,7 +9,7 @@ use env_client::protocol::{
 };
 use serde_json::{Value, json};
 
-use crate::envs::Environment;
+use crate::envs::{Environment, EpisodeStatus};
 use crate::session::{AdmitError, Owner, Registry, Session};
 
 /// Where a JSON-RPC request arrived.
@@ -200,6 +200,23 @@ fn named_session(registry: &Registry, id: &str) -> Result<Arc<Session>, (i64, St
     Ok(session)
 }
 
+/// A `tools/call` result: the tool's value in fastmcp's shape; an env that keeps an episode
+/// adds its `done` and reward to the result's open `meta` object as `"openenv"` (no new
+/// top-level key, `PROTOCOL.md` §11; `TERMINAL_ENV.md` §4.1).
+fn tool_result(value: Value, status: Option<EpisodeStatus>) -> Value {
+    let mut result = ToolResult::from_value(value);
+    if let Some(status) = status {
+        let openenv = json!({ "done": status.done, "reward": status.reward });
+        match &mut result.meta {
+            Value::Object(meta) => {
+                meta.insert("openenv".to_owned(), openenv);
+            }
+            other => *other = json!({ "openenv": openenv }),
+        }
+    }
+    serde_json::to_value(result).unwrap_or(Value::Null)
+}
+
 async fn handle(registry: &Arc<Registry>, scope: Scope<'_>, req: Request) -> RpcResult {
     let tools = registry.factory().tools();
     match req.method.as_str() {
@@ -233,8 +250,11 @@ async fn handle(registry: &Arc<Registry>, scope: Scope<'_>, req: Request) -> Rpc
                 Some(Value::Object(a)) => a.clone(),
                 _ => JsonMap::new(),
             };
-            let outcome = match scope {
-                Scope::Socket { env, .. } => env.call_tool(name, arguments).await,
+            let (outcome, status) = match scope {
+                Scope::Socket { env, .. } => {
+                    let outcome = env.call_tool(name, arguments).await;
+                    (outcome, env.episode_status())
+                }
                 Scope::Http => match session_param(&req.params) {
                     Some(id) => {
                         let session = named_session(registry, id)?;
@@ -244,24 +264,26 @@ async fn handle(registry: &Arc<Registry>, scope: Scope<'_>, req: Request) -> Rpc
                                 format!("Unknown session_id: {id}"),
                             ));
                         };
-                        env.lock().await.call_tool(name, arguments).await
+                        let mut env = env.lock().await;
+                        let outcome = env.call_tool(name, arguments).await;
+                        (outcome, env.episode_status())
                     }
                     None => {
+                        // No session: a throwaway instance that holds nothing (§7).
                         let mut env = registry
                             .factory()
-                            .create()
+                            .create_stateless()
                             .await
                             .map_err(|e| rpc_err(codes::INTERNAL_ERROR, e.to_string()))?;
                         let outcome = env.call_tool(name, arguments).await;
+                        let status = env.episode_status();
                         env.close().await;
-                        outcome
+                        (outcome, status)
                     }
                 },
             };
             match outcome {
-                Ok(value) => {
-                    Ok(serde_json::to_value(ToolResult::from_value(value)).unwrap_or(Value::Null))
-                }
+                Ok(value) => Ok(tool_result(value, status)),
                 Err(err) => {
                     let code = if err.error_type == ToolErrorType::InvalidArgs {
                         codes::INVALID_PARAMS

@@ -640,11 +640,18 @@ fn check_optional_str(
     }
 }
 
+/// The instance of one stateless request: [`EnvFactory::create_stateless`], so an env whose
+/// episodes hold a sandbox creates none and refuses (`TERMINAL_ENV.md` §7).
 async fn fresh_env(state: &AppState) -> Result<Box<dyn Environment>, Response> {
-    state.registry.factory().create().await.map_err(|err| {
-        tracing::warn!(error = %err, "environment factory failed (HTTP route)");
-        internal_error()
-    })
+    state
+        .registry
+        .factory()
+        .create_stateless()
+        .await
+        .map_err(|err| {
+            tracing::warn!(error = %err, "environment factory failed (HTTP route)");
+            internal_error()
+        })
 }
 
 fn http_outcome(result: Result<StepOutcome, EnvError>) -> Response {

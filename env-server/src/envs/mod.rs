@@ -47,6 +47,16 @@ impl EnvError {
     }
 }
 
+/// `done` and the reward of an episode after a call, as a step observation would carry them;
+/// JSON-RPC `tools/call` results carry it as `meta.openenv` (`TERMINAL_ENV.md` §4.1).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EpisodeStatus {
+    /// Whether the episode has ended.
+    pub done: bool,
+    /// The reward a step observation would carry now (`None` when it would carry none).
+    pub reward: Option<f64>,
+}
+
 /// What a `reset` or `step` produces: the observation, the env's reward, and `done`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StepOutcome {
@@ -147,8 +157,16 @@ pub trait Environment: Send + 'static {
     /// The current state (`episode_id`, `step_count`, then the env's fields).
     fn state(&self) -> EnvState;
 
-    /// Calls a tool outside `step` (JSON-RPC `tools/call`): no reward, no step counted.
+    /// Calls a tool outside `step` (JSON-RPC `tools/call`). The env decides whether it counts
+    /// as a step; its effect on the episode is read back with [`Environment::episode_status`].
     async fn call_tool(&mut self, name: &str, arguments: JsonMap) -> Result<Value, ToolError>;
+
+    /// The episode's `done` and reward after the last call, added to a JSON-RPC `tools/call`
+    /// result as `meta.openenv` (`TERMINAL_ENV.md` §4.1). `None` (the default): the env keeps
+    /// no episode, and the result gains nothing.
+    fn episode_status(&self) -> Option<EpisodeStatus> {
+        None
+    }
 
     /// Extension E1: verifies the episode and computes the reward inside the server.
     /// `None` means the env has no verifier (the client gets `UNKNOWN_TYPE`).
@@ -190,6 +208,14 @@ pub trait EnvFactory: Send + Sync + 'static {
 
     /// Makes a fresh instance.
     async fn create(&self) -> Result<Box<dyn Environment>, EnvError>;
+
+    /// Makes an instance for one stateless request (HTTP `/reset`, `/step`, `/state`, and a
+    /// session-less `POST /mcp` `tools/call`), closed right after it. Defaults to
+    /// [`EnvFactory::create`]; an env whose episodes hold resources (a sandbox) overrides it to
+    /// create none and refuse (`TERMINAL_ENV.md` §7).
+    async fn create_stateless(&self) -> Result<Box<dyn Environment>, EnvError> {
+        self.create().await
+    }
 }
 
 /// The names `--env` accepts, in help order (the first is the default).

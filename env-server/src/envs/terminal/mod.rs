@@ -28,6 +28,8 @@ mod verify;
 mod fake;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod transport_tests;
 
 use std::sync::Arc;
 
@@ -43,8 +45,8 @@ pub use format::{parse_reward, py_float_repr};
 pub use state::{CommandResult, DoneReason, RewardSource, Verification};
 
 use super::{
-    Action, EnvError, EnvFactory, Environment, StepOutcome, ToolDef, call_tool_observation,
-    list_tools_observation,
+    Action, EnvError, EnvFactory, Environment, EpisodeStatus, StepOutcome, ToolDef,
+    call_tool_observation, list_tools_observation,
 };
 use crate::sandbox::SandboxBackend;
 use episode::Episode;
@@ -106,16 +108,6 @@ impl TerminalFactory {
             backend,
         }
     }
-
-    /// An instance for a stateless HTTP request (`/reset`, `/step`, `/state`, session-less
-    /// `POST /mcp`): it never creates a sandbox, and its `reset` answers with the §7 refusal.
-    pub fn create_stateless(&self) -> Box<dyn Environment> {
-        Box::new(TerminalEnv::new(
-            Arc::clone(&self.config),
-            Arc::clone(&self.backend),
-            true,
-        ))
-    }
 }
 
 #[async_trait]
@@ -152,6 +144,16 @@ impl EnvFactory for TerminalFactory {
             Arc::clone(&self.config),
             Arc::clone(&self.backend),
             false,
+        )))
+    }
+
+    /// An instance for a stateless request: it never creates a sandbox, and its `reset`
+    /// answers with the §7 refusal ([`SESSION_REQUIRED`]).
+    async fn create_stateless(&self) -> Result<Box<dyn Environment>, EnvError> {
+        Ok(Box::new(TerminalEnv::new(
+            Arc::clone(&self.config),
+            Arc::clone(&self.backend),
+            true,
         )))
     }
 }
@@ -266,12 +268,6 @@ impl TerminalEnv {
             (false, Some(0.0))
         }
     }
-
-    /// `done` and the reward of the episode, for the JSON-RPC result's `meta.openenv`
-    /// (`TERMINAL_ENV.md` §4.1; needs the server to ask for it).
-    pub fn episode_status(&self) -> (bool, Option<f64>) {
-        (self.state.done, self.state.last_reward)
-    }
 }
 
 fn outcome(observation: Observation, done: bool, reward: Option<f64>) -> StepOutcome {
@@ -336,6 +332,13 @@ impl Environment for TerminalEnv {
             return Err(ToolError::not_found(name));
         }
         self.terminal_call(&arguments).await.result.map(Value::from)
+    }
+
+    /// What the step path's observation of the same call carries: every terminal call leaves
+    /// the episode in the state its observation reports (`passive_status`).
+    fn episode_status(&self) -> Option<EpisodeStatus> {
+        let (done, reward) = self.passive_status();
+        Some(EpisodeStatus { done, reward })
     }
 
     async fn verify(&mut self) -> Option<Result<VerifyResult, EnvError>> {

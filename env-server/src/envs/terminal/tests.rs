@@ -491,7 +491,7 @@ async fn truncation_marker_and_binary_output() {
 #[tokio::test]
 async fn stateless_http_reset_is_refused() {
     let (factory, shared) = setup_with(TerminalConfig::default(), "local");
-    let mut env = factory.create_stateless();
+    let mut env = factory.create_stateless().await.unwrap();
     let out = env.reset(JsonMap::new()).await.unwrap();
     assert!(out.done);
     assert_eq!(out.reward, None);

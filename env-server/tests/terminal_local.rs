@@ -269,6 +269,47 @@ async fn binary_output_and_truncation() {
     }
 }
 
+/// `--kill-grace-s`, `--drain-grace-ms` and `--head-fraction` reach the sandbox: per-command
+/// execs (and setup commands) honour them, not the backend's defaults (2 s, 200 ms, 0.25).
+#[tokio::test]
+async fn configured_graces_and_head_share_reach_per_command_execs() {
+    let config = TerminalConfig {
+        kill_grace_s: 5,
+        drain_grace_ms: 2000,
+        head_fraction: 0.5,
+        max_output_bytes: 100,
+        ..per_command()
+    };
+    let mut env = new_env(config).await;
+    reset(&mut env, json!({"command_timeout_s": 1})).await;
+    // Half of the cap from the start of the stream.
+    let t = sh(
+        &mut env,
+        "printf 'a%.0s' $(seq 500); printf 'b%.0s' $(seq 500)",
+    )
+    .await;
+    let want = format!(
+        "{}\n[... output truncated: 900 of 1000 bytes omitted ...]\n{}",
+        "a".repeat(50),
+        "b".repeat(50)
+    );
+    assert_eq!(t, want);
+    // A background child's output 0.5 s after the main process exits is inside a 2 s drain.
+    assert_eq!(
+        sh(&mut env, "(sleep 0.5; echo late) & echo early").await,
+        "early\nlate"
+    );
+    // After the timeout's SIGTERM, the tree lives on for the 5 s grace: its handler, 3 s
+    // long, finishes (the default 2 s grace would SIGKILL it first).
+    let t = sh(
+        &mut env,
+        "trap 'echo got-term; sleep 3; echo handler-done; exit 0' TERM; while :; do sleep 0.1; done",
+    )
+    .await;
+    assert!(t.starts_with("got-term\nhandler-done\n"), "{t}");
+    env.close().await;
+}
+
 #[tokio::test]
 async fn setup_files_and_verify_frame() {
     let mut env = new_env(TerminalConfig::default()).await;

@@ -59,7 +59,7 @@ pub struct SandboxLimits {
 }
 
 /// What to create.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SandboxSpec {
     /// The agent's working directory (and `HOME`), e.g. `/home/user`.
     pub work_dir: String,
@@ -77,6 +77,9 @@ pub struct SandboxSpec {
     /// After a command's main process exits: how long its output is still collected
     /// (`drain_grace_ms`); a background child holding the pipe never delays completion more.
     pub drain_grace: Duration,
+    /// Share of [`ExecRequest::max_output_bytes`] kept from the start of a stream; the rest
+    /// is its end (`head_fraction`, 0.0–1.0).
+    pub head_fraction: f64,
 }
 
 impl Default for SandboxSpec {
@@ -89,6 +92,7 @@ impl Default for SandboxSpec {
             labels: BTreeMap::new(),
             kill_grace: Duration::from_secs(2),
             drain_grace: Duration::from_millis(200),
+            head_fraction: 0.25,
         }
     }
 }

@@ -334,6 +334,28 @@ impl TerminalConfig {
         Duration::from_secs(self.tool_call_grace_s)
     }
 
+    /// Time between SIGTERM and SIGKILL of a timed-out command's process tree.
+    pub fn kill_grace(&self) -> Duration {
+        Duration::from_secs(self.kill_grace_s)
+    }
+
+    /// How long a command's output is still collected after its main process exits.
+    pub fn drain_grace(&self) -> Duration {
+        Duration::from_millis(self.drain_grace_ms)
+    }
+
+    /// The sandbox of an episode as this config asks for it: the work dir, and the kill grace,
+    /// drain grace and output head share every exec in it uses.
+    pub fn sandbox_spec(&self) -> crate::sandbox::SandboxSpec {
+        crate::sandbox::SandboxSpec {
+            work_dir: self.work_dir.clone(),
+            kill_grace: self.kill_grace(),
+            drain_grace: self.drain_grace(),
+            head_fraction: self.head_fraction,
+            ..crate::sandbox::SandboxSpec::default()
+        }
+    }
+
     /// The step limit, `None` when unlimited.
     pub fn max_steps(&self) -> Option<u64> {
         (self.max_steps > 0).then_some(self.max_steps)

@@ -239,9 +239,8 @@ impl TerminalEnv {
             self.state.episode_id.clone(),
         );
         let spec = SandboxSpec {
-            work_dir: config.work_dir.clone(),
             labels,
-            ..SandboxSpec::default()
+            ..config.sandbox_spec()
         };
         let sandbox: Arc<dyn Sandbox> = match self.backend.create(spec).await {
             Ok(sb) => Arc::from(sb),

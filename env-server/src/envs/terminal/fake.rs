@@ -35,6 +35,8 @@ pub(super) struct Shared {
     pub(super) gone: bool,
     pub(super) creates: usize,
     pub(super) fail_create: Option<String>,
+    /// The spec of the last sandbox created.
+    pub(super) spec: Option<SandboxSpec>,
 }
 
 pub(super) type SharedRef = Arc<Mutex<Shared>>;
@@ -305,7 +307,7 @@ impl SandboxBackend for FakeBackend {
     async fn check(&self) -> Result<(), SandboxError> {
         Ok(())
     }
-    async fn create(&self, _spec: SandboxSpec) -> Result<Box<dyn Sandbox>, SandboxError> {
+    async fn create(&self, spec: SandboxSpec) -> Result<Box<dyn Sandbox>, SandboxError> {
         let mut s = self.shared.lock().unwrap();
         s.creates += 1;
         if let Some(reason) = s.fail_create.clone() {
@@ -316,6 +318,7 @@ impl SandboxBackend for FakeBackend {
         }
         *s = Shared {
             creates: s.creates,
+            spec: Some(spec),
             ..Shared::default()
         };
         Ok(Box::new(FakeSandbox(Arc::clone(&self.shared))))

@@ -489,6 +489,24 @@ async fn truncation_marker_and_binary_output() {
 }
 
 #[tokio::test]
+async fn the_sandbox_gets_the_configured_graces_and_head_share() {
+    let config = TerminalConfig {
+        kill_grace_s: 7,
+        drain_grace_ms: 35,
+        head_fraction: 0.5,
+        ..per_command()
+    };
+    let (mut env, shared) = env_with(config).await;
+    env.reset(JsonMap::new()).await.unwrap();
+    let spec = shared.lock().unwrap().spec.clone().unwrap();
+    assert_eq!(spec.kill_grace, Duration::from_secs(7));
+    assert_eq!(spec.drain_grace, Duration::from_millis(35));
+    assert!((spec.head_fraction - 0.5).abs() < f64::EPSILON);
+    assert_eq!(spec.work_dir, "/home/user");
+    assert_eq!(spec.labels["openenv.env"], "terminal");
+}
+
+#[tokio::test]
 async fn stateless_http_reset_is_refused() {
     let (factory, shared) = setup_with(TerminalConfig::default(), "local");
     let mut env = factory.create_stateless().await.unwrap();

@@ -52,6 +52,12 @@ impl Limits {
         let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).to_string();
         a.extend(["--kill-grace-ms".to_owned(), ms(spec.kill_grace)]);
         a.extend(["--drain-grace-ms".to_owned(), ms(spec.drain_grace)]);
+        let head = if spec.head_fraction.is_finite() {
+            spec.head_fraction.clamp(0.0, 1.0)
+        } else {
+            proto::HEAD_FRACTION
+        };
+        a.extend(["--head-fraction".to_owned(), head.to_string()]);
         for (flag, value) in [
             ("--nofile", self.nofile),
             ("--fsize", self.file),

@@ -14,9 +14,7 @@ use tokio::task::{JoinHandle, spawn_local};
 use tokio::time::{Instant, sleep_until};
 
 use super::{State, kill};
-use crate::sandbox::local::proto::{
-    self, CHUNK, ExecDoneHeader, ExecHeader, HEAD_FRACTION, Kind, StreamLens,
-};
+use crate::sandbox::local::proto::{self, CHUNK, ExecDoneHeader, ExecHeader, Kind, StreamLens};
 use crate::sandbox::output::{Capture, CapturedOutput};
 
 /// A command for `argv` that starts in a new session (its own process group), with `env`
@@ -111,8 +109,9 @@ pub(super) async fn run(state: Rc<State>, id: u64, h: ExecHeader, stdin: Bytes) 
     .stdout(Stdio::piped())
     .stderr(Stdio::piped());
     let cap = usize::try_from(h.max_output).unwrap_or(usize::MAX);
-    let mut cap_out = Capture::new(cap, HEAD_FRACTION);
-    let mut cap_err = Capture::new(cap, HEAD_FRACTION);
+    let head = state.settings.head_fraction;
+    let mut cap_out = Capture::new(cap, head);
+    let mut cap_err = Capture::new(cap, head);
     let mut child = match cmd.spawn() {
         Ok(child) => child,
         Err(e) => {

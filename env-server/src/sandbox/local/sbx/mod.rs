@@ -34,6 +34,8 @@ struct Settings {
     reply_fd: RawFd,
     kill_grace: Duration,
     drain_grace: Duration,
+    /// Share of an exec's output cap kept from the start of each stream.
+    head_fraction: f64,
     nofile: Option<u64>,
     fsize: Option<u64>,
     nproc: Option<u64>,
@@ -43,6 +45,7 @@ fn parse_args(args: &[String]) -> Result<Settings, String> {
     let mut s = Settings {
         kill_grace: Duration::from_secs(2),
         drain_grace: Duration::from_millis(200),
+        head_fraction: proto::HEAD_FRACTION,
         control_fd: -1,
         reply_fd: -1,
         ..Settings::default()
@@ -50,6 +53,14 @@ fn parse_args(args: &[String]) -> Result<Settings, String> {
     let mut it = args.iter();
     while let Some(flag) = it.next() {
         let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        if flag == "--head-fraction" {
+            s.head_fraction = value
+                .parse()
+                .ok()
+                .filter(|f: &f64| (0.0..=1.0).contains(f))
+                .ok_or_else(|| format!("{flag}: not a fraction between 0 and 1: {value}"))?;
+            continue;
+        }
         let num: u64 = value
             .parse()
             .map_err(|_| format!("{flag}: not a number: {value}"))?;
@@ -330,6 +341,15 @@ mod tests {
         assert_eq!((s.control_fd, s.reply_fd, s.nproc), (7, 9, Some(64)));
         assert_eq!(s.kill_grace, Duration::from_millis(50));
         assert_eq!(s.drain_grace, Duration::from_millis(200));
+        assert!((s.head_fraction - proto::HEAD_FRACTION).abs() < f64::EPSILON);
+        let with_head = |v: &str| {
+            let mut a = args.clone();
+            a.extend(["--head-fraction".to_owned(), v.to_owned()]);
+            parse_args(&a)
+        };
+        assert!((with_head("0.5").unwrap().head_fraction - 0.5).abs() < f64::EPSILON);
+        assert!(with_head("1.5").is_err());
+        assert!(with_head("x").is_err());
         assert!(parse_args(&["--control-fd".to_owned(), "7".to_owned()]).is_err());
         assert!(parse_args(&["--bogus".to_owned(), "1".to_owned()]).is_err());
     }

@@ -3,7 +3,8 @@
 //! It understands a few commands: `exit 1` anywhere fails with stderr `failed`; `sleep…`
 //! times out with partial output; `forge` writes `0.75` into the reward file as the agent;
 //! `write-reward X` writes `X` there; `bg-writer` starts a "background process" that rewrites
-//! the reward file with `1.0` before every later operation until `kill_all(Agent)`; `gone`
+//! the reward file with `1.0` before every later operation until `kill_all` of the identity
+//! that started it (the agent, or a verify command); `gone`
 //! makes the sandbox vanish; `bigout` prints 100 000 bytes; `binary` prints invalid UTF-8;
 //! `…run-tests.sh` prints a pytest summary once tests are staged; anything else prints
 //! `shell: {command}`. Its persistent shell speaks the sentinel protocol in 3-byte chunks,
@@ -31,7 +32,8 @@ pub(super) struct Shared {
     pub(super) ops: Vec<String>,
     pub(super) execs: Vec<ExecRequest>,
     pub(super) files: BTreeMap<String, Vec<u8>>,
-    pub(super) bg_writer: bool,
+    /// Who started the background reward writer, while it runs.
+    pub(super) bg_writer: Option<Identity>,
     pub(super) gone: bool,
     pub(super) creates: usize,
     pub(super) fail_create: Option<String>,
@@ -42,7 +44,7 @@ pub(super) struct Shared {
 pub(super) type SharedRef = Arc<Mutex<Shared>>;
 
 fn tick(s: &mut Shared) {
-    if s.bg_writer {
+    if s.bg_writer.is_some() {
         s.files.insert(REWARD.to_owned(), b"1.0".to_vec());
     }
 }
@@ -94,8 +96,7 @@ fn run_fake(
             Vec::new()
         }
         "bg-writer" => {
-            assert_eq!(identity, Identity::Agent);
-            s.bg_writer = true;
+            s.bg_writer = Some(identity);
             Vec::new()
         }
         "bigout" => vec![b'x'; 100_000],
@@ -193,8 +194,8 @@ impl Sandbox for FakeSandbox {
     async fn kill_all(&self, identity: Identity) -> Result<(), SandboxError> {
         let mut s = self.0.lock().unwrap();
         s.ops.push(format!("kill_all:{identity:?}"));
-        if identity == Identity::Agent {
-            s.bg_writer = false;
+        if s.bg_writer == Some(identity) {
+            s.bg_writer = None;
         }
         Ok(())
     }

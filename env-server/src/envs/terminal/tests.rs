@@ -299,6 +299,30 @@ async fn background_writer_is_killed_before_the_verifier() {
 }
 
 #[tokio::test]
+async fn a_writer_started_by_verification_is_killed_before_the_reward_is_read() {
+    let (mut env, shared) = env_with(per_command()).await;
+    env.reset(map(json!({"verify": ["exit 1", "bg-writer"]})))
+        .await
+        .unwrap();
+    let out = call(&mut env, json!({"final_answer": "x"})).await;
+    assert_eq!(
+        text(&out),
+        "Answer submitted: x\nVerification: 1/2 passed; reward=0.5"
+    );
+    let ops = ops(&shared);
+    let last_verify = ops
+        .iter()
+        .position(|o| o == "exec:Verifier:bg-writer")
+        .unwrap();
+    let kill = ops.iter().rposition(|o| o == "kill_all:Verifier").unwrap();
+    let read = ops
+        .iter()
+        .position(|o| o == &format!("read:{REWARD}"))
+        .unwrap();
+    assert!(last_verify < kill && kill < read, "{ops:?}");
+}
+
+#[tokio::test]
 async fn verify_runs_in_a_clean_shell_with_explicit_env() {
     let (mut env, shared) = env_with(TerminalConfig::default()).await;
     env.reset(map(json!({"verify": ["true"]}))).await.unwrap();

@@ -1,8 +1,9 @@
 //! Verification (`TERMINAL_ENV.md` §4.2–4.3, §10.2) and the `verify` frame (`PROTOCOL.md`
 //! E1). The reward cannot be forged: every agent process is killed first, the verifier's
 //! directory is recreated verifier-owned (no symlink followed), verifier-only files are staged
-//! only then, verify commands run in a clean shell with an explicit environment, and the
-//! reward file is read through the backend's file API.
+//! only then, verify commands run in a clean shell with an explicit environment, every process
+//! of the episode is killed again (nothing a verify command started can write afterwards), and
+//! the reward file is read through the backend's file API.
 
 use std::collections::BTreeMap;
 
@@ -163,6 +164,10 @@ impl TerminalEnv {
             (Some(_), None) => (0, 0),
             (None, _) => (passed, results.len() as u64),
         };
+        // Nothing the verify commands started (nor anything of the agent's) may write the
+        // reward file after the check: kill every process of the episode before reading it.
+        sandbox.kill_all(Identity::Verifier).await?;
+        sandbox.kill_all(Identity::Agent).await?;
         // 7: the reward file, through the backend.
         let file_reward = if config.reward_override {
             match sandbox

@@ -110,6 +110,22 @@ fn unknown_environment_is_a_clear_error() {
     assert!(err.contains("invalid value 'nope' for '--env"), "{err}");
 }
 
+#[test]
+fn a_missing_bwrap_is_one_line_naming_the_fix() {
+    let out = clean_command()
+        .args(["serve", "--port", "0", "--bwrap-path", "/nonexistent/bwrap"])
+        .env("RUST_BACKTRACE", "1")
+        .env("RUST_LOG", "off")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(
+        err,
+        "env-server: local sandbox backend is unavailable: bubblewrap (`bwrap`) is not installed: run `apt-get install bubblewrap` (scripts/serve does this)\n"
+    );
+}
+
 #[tokio::test]
 async fn max_concurrent_envs_is_read_as_an_alias() {
     let server = Server::spawn(&[], &[("MAX_CONCURRENT_ENVS", "1")]);

@@ -2,6 +2,7 @@
 //! SIGINT/SIGTERM, then close every session.
 
 use std::io::Write;
+use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -91,8 +92,20 @@ async fn shutdown_signal(token: CancellationToken) {
     token.cancel();
 }
 
+/// Runs the server; a start-up failure is one line on stderr (the error and its causes, no
+/// backtrace even under `RUST_BACKTRACE=1`) and exit status 1.
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
+    match serve().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("env-server: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve() -> anyhow::Result<()> {
     let cli = parse()?;
     let Command::Serve(config) = cli.command;
     init_logging(config.log_format);

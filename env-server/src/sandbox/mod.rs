@@ -254,6 +254,42 @@ pub enum SandboxError {
     },
 }
 
+/// Longest backend text (in characters) a client-facing message keeps.
+pub const CLIENT_TEXT_MAX_CHARS: usize = 300;
+
+/// The first non-empty line of `text`, trimmed, cut to `max` characters (`…` marks a cut): a
+/// backend message (a tool's stderr, say) made fit for one line of a client's error.
+pub fn one_line(text: &str, max: usize) -> String {
+    let line = text
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or_default();
+    let more_lines = text.trim().lines().count() > 1;
+    match line.char_indices().nth(max) {
+        Some((cut, _)) => format!("{}…", line[..cut].trim_end()),
+        None if more_lines => format!("{line} …"),
+        None => line.to_owned(),
+    }
+}
+
+impl SandboxError {
+    /// The error as a client sees it (a tool error, a reset's `error`): one line of at most
+    /// about [`CLIENT_TEXT_MAX_CHARS`] characters, ending with what to do about it. The full
+    /// text ([`std::fmt::Display`], e.g. bwrap's whole stderr) is for the server log.
+    pub fn client_message(&self) -> String {
+        let text = one_line(&self.to_string(), CLIENT_TEXT_MAX_CHARS);
+        match self {
+            Self::CreateFailed { .. } | Self::Transport { .. } => {
+                format!("{text} (the server log has the full error)")
+            }
+            Self::Gone { .. } => format!("{text}; call reset() to start a new episode"),
+            // `Unavailable` reasons name their fix; the others are the request's own fault.
+            Self::Unavailable { .. } | Self::NotFound { .. } | Self::InvalidRequest { .. } => text,
+        }
+    }
+}
+
 /// One sandbox, owned by exactly one environment instance.
 #[async_trait]
 pub trait Sandbox: Send + Sync {
@@ -316,4 +352,45 @@ pub async fn backend(
         Err(err) => tracing::warn!(error = %err, backend = backend.name(), "orphan sweep failed"),
     }
     Ok(backend)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_messages_are_one_short_line_with_the_fix() {
+        let noisy = SandboxError::CreateFailed {
+            reason: format!(
+                "bwrap: setting up uid map: Permission denied\n{}",
+                "debug noise with <sandbox-root>/x\n".repeat(50)
+            ),
+        };
+        assert_eq!(
+            noisy.client_message(),
+            "sandbox creation failed: bwrap: setting up uid map: Permission denied … (the server log has the full error)"
+        );
+        let long = SandboxError::Transport {
+            reason: "x".repeat(5000),
+        };
+        let msg = long.client_message();
+        assert!(!msg.contains('\n'));
+        assert!(msg.chars().count() < CLIENT_TEXT_MAX_CHARS + 60, "{msg}");
+        assert!(msg.contains("x…"), "{msg}");
+        let gone = SandboxError::Gone {
+            reason: "the sandbox supervisor exited".to_owned(),
+        };
+        assert_eq!(
+            gone.client_message(),
+            "the sandbox is no longer available: the sandbox supervisor exited; call reset() to start a new episode"
+        );
+        let missing = SandboxError::Unavailable {
+            backend: "local",
+            reason: "bubblewrap (`bwrap`) is not installed: run `apt-get install bubblewrap`"
+                .to_owned(),
+        };
+        assert_eq!(missing.client_message(), missing.to_string());
+        assert_eq!(one_line("\n  a  \n", 10), "a");
+        assert_eq!(one_line("ééé", 2), "éé…");
+    }
 }

@@ -15,7 +15,7 @@ use super::reset::{ResetError, create_error_metadata, parse_args, ready_message,
 use super::shell::{PersistentShell, ShellSettings, run_per_command};
 use super::state::{CommandResult, DoneReason, EpisodeState, results_json};
 use super::tasks::{TB_TEST_DIR, TbTask, check_task_id, load_task};
-use super::{SESSION_REQUIRED, TerminalEnv};
+use super::{SESSION_REQUIRED, TerminalEnv, sandbox_failure};
 use crate::sandbox::{Identity, Sandbox, SandboxSpec};
 
 /// Aborts a spawned task when dropped.
@@ -244,7 +244,10 @@ impl TerminalEnv {
         };
         let sandbox: Arc<dyn Sandbox> = match self.backend.create(spec).await {
             Ok(sb) => Arc::from(sb),
-            Err(err) => return self.create_failed(&label, &ResetError::runtime(err.to_string())),
+            Err(err) => {
+                let text = sandbox_failure(&err, "creating the sandbox failed");
+                return self.create_failed(&label, &ResetError::runtime(text));
+            }
         };
         let sandbox_id = sandbox.id().to_owned();
         self.state.sandbox_id = Some(sandbox_id.clone());
@@ -259,7 +262,10 @@ impl TerminalEnv {
         {
             meta.insert(
                 "error".to_owned(),
-                json!(format!("failed to prepare the verifier directory: {err}")),
+                json!(format!(
+                    "failed to prepare the verifier directory: {}",
+                    sandbox_failure(&err, "preparing the verifier directory failed")
+                )),
             );
             return self
                 .sandbox_failed(sandbox, DoneReason::SetupFailed, meta, false)
@@ -274,7 +280,10 @@ impl TerminalEnv {
             {
                 meta.insert(
                     "error".to_owned(),
-                    json!(format!("failed to write {path}: {err}")),
+                    json!(format!(
+                        "failed to write {path}: {}",
+                        sandbox_failure(&err, "writing a reset file failed")
+                    )),
                 );
                 let keep = config.keep_sandbox_on_setup_failure;
                 return self
@@ -295,7 +304,8 @@ impl TerminalEnv {
             {
                 Ok(run) => CommandResult::from_exec(command, &run.result, run.error, self.rules()),
                 Err(err) => {
-                    meta.insert("error".to_owned(), json!(format!("setup failed: {err}")));
+                    let text = sandbox_failure(&err, "running a setup command failed");
+                    meta.insert("error".to_owned(), json!(format!("setup failed: {text}")));
                     return self
                         .sandbox_failed(sandbox, DoneReason::SetupFailed, meta, false)
                         .await;
@@ -325,7 +335,10 @@ impl TerminalEnv {
                 Err(err) => {
                     meta.insert(
                         "error".to_owned(),
-                        json!(format!("failed to start the agent shell: {err}")),
+                        json!(format!(
+                            "failed to start the agent shell: {}",
+                            sandbox_failure(&err, "starting the agent shell failed")
+                        )),
                     );
                     return self
                         .sandbox_failed(sandbox, DoneReason::SetupFailed, meta, false)

@@ -5,7 +5,8 @@
 //! `write-reward X` writes `X` there; `bg-writer` starts a "background process" that rewrites
 //! the reward file with `1.0` before every later operation until `kill_all` of the identity
 //! that started it (the agent, or a verify command); `gone`
-//! makes the sandbox vanish; `bigout` prints 100 000 bytes; `binary` prints invalid UTF-8;
+//! makes the sandbox vanish; `transport-noise` fails with a long multi-line transport error;
+//! `bigout` prints 100 000 bytes; `binary` prints invalid UTF-8;
 //! `…run-tests.sh` prints a pytest summary once tests are staged; anything else prints
 //! `shell: {command}`. Its persistent shell speaks the sentinel protocol in 3-byte chunks,
 //! keeps a cwd (`cd X`, `pwd`), and writes `later-bg` after each sentinel (a background job).
@@ -37,6 +38,8 @@ pub(super) struct Shared {
     pub(super) gone: bool,
     pub(super) creates: usize,
     pub(super) fail_create: Option<String>,
+    /// The next create fails with `CreateFailed` and this reason.
+    pub(super) fail_create_detail: Option<String>,
     /// The spec of the last sandbox created.
     pub(super) spec: Option<SandboxSpec>,
 }
@@ -84,6 +87,14 @@ fn run_fake(
             });
         }
         c if c.starts_with("sleep") => return Ok((b"partial\n".to_vec(), Vec::new(), 0, true)),
+        "transport-noise" => {
+            return Err(SandboxError::Transport {
+                reason: format!(
+                    "control channel broken\n{}",
+                    "frame dump 0xdeadbeef\n".repeat(500)
+                ),
+            });
+        }
         "forge" => {
             s.files.insert(REWARD.to_owned(), b"0.75".to_vec());
             Vec::new()
@@ -311,6 +322,9 @@ impl SandboxBackend for FakeBackend {
     async fn create(&self, spec: SandboxSpec) -> Result<Box<dyn Sandbox>, SandboxError> {
         let mut s = self.shared.lock().unwrap();
         s.creates += 1;
+        if let Some(reason) = s.fail_create_detail.clone() {
+            return Err(SandboxError::CreateFailed { reason });
+        }
         if let Some(reason) = s.fail_create.clone() {
             return Err(SandboxError::Unavailable {
                 backend: self.name,

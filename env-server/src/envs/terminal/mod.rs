@@ -48,7 +48,7 @@ use super::{
     Action, EnvError, EnvFactory, Environment, EpisodeStatus, StepOutcome, ToolDef,
     call_tool_observation, list_tools_observation,
 };
-use crate::sandbox::SandboxBackend;
+use crate::sandbox::{SandboxBackend, SandboxError};
 use episode::Episode;
 use state::EpisodeState;
 
@@ -58,6 +58,13 @@ pub const TOOL_NAME: &str = "terminal";
 /// The stateless-HTTP refusal (§7).
 pub const SESSION_REQUIRED: &str =
     "terminal env requires a session (WebSocket /ws or an attached MCP session)";
+
+/// What a client is told about a sandbox failure: one line naming the fix
+/// ([`SandboxError::client_message`]); the full error goes to the server log with `what`.
+pub(crate) fn sandbox_failure(err: &SandboxError, what: &str) -> String {
+    tracing::warn!(error = %err, "{what}");
+    err.client_message()
+}
 
 fn tool_defs() -> &'static [ToolDef] {
     static TOOLS: std::sync::OnceLock<Vec<ToolDef>> = std::sync::OnceLock::new();

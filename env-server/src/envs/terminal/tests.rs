@@ -631,6 +631,39 @@ async fn episode_timeout_kills_and_verifies() {
 }
 
 #[tokio::test]
+async fn backend_failures_reach_the_client_as_one_line_naming_the_fix() {
+    let (factory, shared) = setup_with(per_command(), "local");
+    shared.lock().unwrap().fail_create_detail = Some(format!(
+        "bwrap: setting up uid map: Permission denied\n{}",
+        "debug noise under <sandbox-root>/x\n".repeat(200)
+    ));
+    let mut env = factory.create().await.unwrap();
+    let out = env.reset(JsonMap::new()).await.unwrap();
+    assert!(out.done);
+    let err = meta(&out)["error"].as_str().unwrap().to_owned();
+    assert_eq!(
+        err,
+        "failed to create local sandbox: RuntimeError: sandbox creation failed: bwrap: setting up uid map: Permission denied … (the server log has the full error)"
+    );
+    assert_eq!(env.state().extra["last_error"], err.as_str());
+
+    shared.lock().unwrap().fail_create_detail = None;
+    env.reset(JsonMap::new()).await.unwrap();
+    let out = call(&mut env, json!({"command": "transport-noise"})).await;
+    let (kind, msg) = error(&out);
+    assert_eq!(kind, ToolErrorType::TransportError);
+    assert_eq!(
+        msg,
+        "Error calling tool 'terminal': sandbox transport failed: control channel broken … (the server log has the full error)"
+    );
+    let out = call(&mut env, json!({"command": "gone"})).await;
+    assert_eq!(
+        error(&out).1,
+        "Sandbox is no longer available: killed from outside; call reset() to start a new episode"
+    );
+}
+
+#[tokio::test]
 async fn sandbox_lost_ends_without_reward() {
     let (mut env, _) = env_with(per_command()).await;
     env.reset(JsonMap::new()).await.unwrap();

@@ -14,8 +14,8 @@ use super::shell::{
     PersistentShell, ShellEnd, persistent_timeout_text, run_per_command, shell_exit_text,
 };
 use super::state::{CommandResult, DoneReason, Verification, results_json};
-use super::{CallOutcome, TOOL_NAME, TerminalEnv};
-use crate::sandbox::{ExecResult, SandboxError};
+use super::{CallOutcome, TOOL_NAME, TerminalEnv, sandbox_failure};
+use crate::sandbox::{CLIENT_TEXT_MAX_CHARS, ExecResult, SandboxError, one_line};
 
 /// §2.2 row 1.
 pub(crate) const NOT_RESET: &str = "Error: environment not reset. Call reset() first.";
@@ -227,7 +227,11 @@ impl TerminalEnv {
     /// The sandbox vanished: the episode ends with no reward (§4.4).
     pub(crate) async fn sandbox_lost(&mut self, reason: &str) -> CallOutcome {
         self.end_episode().await;
-        let message = format!("Sandbox is no longer available: {reason}");
+        tracing::warn!(reason, "the sandbox vanished mid-episode");
+        let message = format!(
+            "Sandbox is no longer available: {}; call reset() to start a new episode",
+            one_line(reason, CLIENT_TEXT_MAX_CHARS)
+        );
         self.state.done = true;
         self.state.done_reason = Some(DoneReason::SandboxLost);
         self.state.last_error = Some(message.clone());
@@ -364,7 +368,8 @@ impl TerminalEnv {
                     SandboxError::Transport { .. } => ToolErrorType::TransportError,
                     _ => ToolErrorType::ExecutionError,
                 };
-                let message = format!("Error calling tool '{TOOL_NAME}': {err}");
+                let text = sandbox_failure(&err, "running an agent command failed");
+                let message = format!("Error calling tool '{TOOL_NAME}': {text}");
                 return self.tool_error(ToolError::new(kind, message));
             }
             Err(RunError::Wedged(limit)) => {

@@ -15,7 +15,7 @@ use super::config::{TbReward, VerifyShell};
 use super::format::{TextRules, parse_reward, stream_text};
 use super::state::{CommandResult, DoneReason, RewardSource, Verification, results_json};
 use super::tasks::{TB_TEST_DIR, collect_test_files, parse_test_summary};
-use super::{CallOutcome, EnvError, TerminalEnv};
+use super::{CallOutcome, EnvError, TerminalEnv, sandbox_failure};
 use crate::sandbox::{Capture, CapturedOutput, ExecRequest, Identity, SandboxError};
 
 /// `PATH` of verify commands: system directories only.
@@ -67,7 +67,8 @@ impl TerminalEnv {
             Err(SandboxError::Gone { reason }) => Err(self.sandbox_lost(&reason).await),
             Err(err) => {
                 self.end_episode().await;
-                let message = format!("Error calling tool 'terminal': verification failed: {err}");
+                let text = sandbox_failure(&err, "verification failed");
+                let message = format!("Error calling tool 'terminal': verification failed: {text}");
                 self.state.done = true;
                 self.state.done_reason = Some(DoneReason::VerifyFailed);
                 self.state.last_error = Some(message.clone());

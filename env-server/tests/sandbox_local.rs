@@ -573,6 +573,36 @@ async fn fork_bomb_is_contained_and_leaves_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_process_of_the_sandbox_is_in_its_cgroups() {
+    let (sb, _b, _r) = sandbox().await;
+    if sb.cgroup_dirs().is_empty() {
+        eprintln!("no writable cgroups here: nothing to check");
+        return sb.destroy().await.unwrap();
+    }
+    // bwrap joins the groups between fork and exec (through `tasks`): its PID 1, `sbx`, a
+    // command and what the command leaves behind are all inside.
+    let r = sh(&sb, "sleep 30 >/dev/null 2>&1 & echo started").await;
+    assert_eq!(text(&r.stdout), "started\n");
+    let pids = sb.host_pids();
+    assert!(pids.len() > IDLE, "{pids:?}");
+    for dir in sb.cgroup_dirs() {
+        let members: Vec<i32> = std::fs::read_to_string(dir.join("cgroup.procs"))
+            .unwrap()
+            .lines()
+            .map(|l| l.trim().parse().unwrap())
+            .collect();
+        for pid in &pids {
+            assert!(
+                members.contains(pid),
+                "pid {pid} is not in {}: {members:?}",
+                dir.display()
+            );
+        }
+    }
+    sb.destroy().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_limit_is_enforced_where_cgroups_allow() {
     let (b, _r) = backend();
     let spec = SandboxSpec {

@@ -1,8 +1,8 @@
 //! cgroup v1 `pids` and `memory` groups per sandbox: `<controller>/<server's cgroup>/openenv-rs/<id>`.
 //!
 //! The groups nest under the server's own cgroup, so whatever bounds the server also bounds its
-//! sandboxes. bwrap joins them between fork and exec (through `cgroup.procs` descriptors opened
-//! here as root, which keep root's right to write them), before it forks anything. Destroy kills
+//! sandboxes. bwrap joins them between fork and exec (through `tasks` descriptors opened here as
+//! root, which keep root's right to write them), before it forks anything. Destroy kills
 //! every pid left in the group and removes it. Blocking: called from blocking threads.
 
 use std::fs::OpenOptions;
@@ -181,16 +181,19 @@ impl Cgroups {
         &self.dirs
     }
 
-    /// `cgroup.procs` of every group, open for writing (close-on-exec).
-    pub(super) fn procs_fds(&self) -> std::io::Result<Vec<OwnedFd>> {
+    /// `tasks` of every group, open for writing (close-on-exec): a single-threaded process (a
+    /// child between fork and exec) joins a group by writing `0` to it.
+    ///
+    /// Not `cgroup.procs`: moving a whole thread group takes the kernel's global
+    /// `cgroup_threadgroup_rwsem` for writing, which waits for an RCU grace period whenever no
+    /// other migration happened just before — 10–20 ms on the 6.18 kernel of our 2-CPU machines,
+    /// most of a reset. Recent kernels skip that lock when a thread moves itself (`0` written to
+    /// `tasks`): ~40 µs there, and never slower than `cgroup.procs` on older ones. For a process
+    /// with one thread it moves the same thing.
+    pub(super) fn join_fds(&self) -> std::io::Result<Vec<OwnedFd>> {
         self.dirs
             .iter()
-            .map(|d| {
-                Ok(OpenOptions::new()
-                    .write(true)
-                    .open(d.join("cgroup.procs"))?
-                    .into())
-            })
+            .map(|d| Ok(OpenOptions::new().write(true).open(d.join("tasks"))?.into()))
             .collect()
     }
 

@@ -108,7 +108,7 @@ fn prepare(p: &Prep) -> std::io::Result<(Cgroups, Vec<OwnedFd>)> {
             }
         }
         let mut cgroups = p.cgroups.create(&p.id, p.limits.pids, p.limits.memory)?;
-        match cgroups.procs_fds() {
+        match cgroups.join_fds() {
             Ok(fds) => Ok((cgroups, fds)),
             Err(e) => {
                 let _ = cgroups.kill_and_remove();
@@ -162,7 +162,7 @@ pub(super) async fn create(
         id: id.clone(),
         limits,
     };
-    let (cgroups, cgroup_procs) = tokio::task::spawn_blocking(move || prepare(&prep))
+    let (cgroups, cgroup_join) = tokio::task::spawn_blocking(move || prepare(&prep))
         .await
         .map_err(|e| SandboxError::CreateFailed {
             reason: format!("preparing the sandbox failed: {e}"),
@@ -194,7 +194,7 @@ pub(super) async fn create(
             argv::bwrap_args(&layout, &limits.sbx_args(&spec_for_args, control, reply))
         }),
         uid: uid.map(|u| (u, u)),
-        cgroup_procs,
+        cgroup_join,
     })
     .await;
     let launched = match launched {

@@ -54,8 +54,8 @@ pub(super) struct Launch {
     pub args: ArgsFn,
     /// Host uid/gid to run bwrap as (a root server's per-sandbox uid).
     pub uid: Option<(u32, u32)>,
-    /// `cgroup.procs` of the sandbox's groups, open for writing.
-    pub cgroup_procs: Vec<OwnedFd>,
+    /// `tasks` of the sandbox's groups, open for writing (`Cgroups::join_fds`).
+    pub cgroup_join: Vec<OwnedFd>,
 }
 
 /// A started bwrap.
@@ -111,14 +111,15 @@ fn spawn_now(l: Launch) -> std::io::Result<Launched> {
         cmd.uid(uid).gid(gid); // std drops supplementary groups too
     }
     let keep = [args_fd, ctrl_r.as_raw_fd(), reply_w.as_raw_fd()];
-    let cgroups: Vec<RawFd> = l.cgroup_procs.iter().map(AsRawFd::as_raw_fd).collect();
+    let cgroups: Vec<RawFd> = l.cgroup_join.iter().map(AsRawFd::as_raw_fd).collect();
     // SAFETY: the closure runs in the child between fork and exec. It only calls write(2) and
     // fcntl(2) (async-signal-safe) on descriptors owned by this function, which outlive the
     // spawn; it allocates nothing (the Vec was built before the fork) and takes no lock.
-    // Writing "0" to `cgroup.procs` moves the child itself (before bwrap forks anything); the
-    // descriptors were opened by this (root) process, and cgroup v1 checks the opener's
-    // credentials, so the write is allowed after the uid change. Clearing FD_CLOEXEC hands
-    // exactly the args memfd and the two control pipe ends to bwrap.
+    // Writing "0" to a group's `tasks` moves the calling thread — the child's only one, so the
+    // whole child — before bwrap forks anything; the descriptors were opened by this (root)
+    // process, and cgroup v1 checks the opener's credentials, so the write is allowed after
+    // the uid change. Clearing FD_CLOEXEC hands exactly the args memfd and the two control
+    // pipe ends to bwrap.
     unsafe {
         cmd.pre_exec(move || {
             for fd in &cgroups {
@@ -135,7 +136,7 @@ fn spawn_now(l: Launch) -> std::io::Result<Launched> {
         });
     }
     let mut child = cmd.spawn()?;
-    drop((ctrl_r, reply_w, args_file, l.cgroup_procs));
+    drop((ctrl_r, reply_w, args_file, l.cgroup_join));
     let stderr = child
         .stderr
         .take()

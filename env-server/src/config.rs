@@ -57,7 +57,7 @@ pub struct ServeConfig {
     pub terminal: crate::envs::terminal::TerminalConfig,
 
     /// Log format (`RUST_LOG` sets the filter; default `info`).
-    #[arg(long, env = "ENV_SERVER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    #[arg(long, env = "ENV_SERVER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, help_heading = "Logging")]
     pub log_format: LogFormat,
 }
 

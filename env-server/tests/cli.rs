@@ -99,6 +99,35 @@ fn help_lists_every_limit_with_its_default() {
     insta::assert_snapshot!(String::from_utf8(out.stdout).unwrap());
 }
 
+/// The heading a flag is listed under in `serve --help`.
+fn heading_of(help: &str, flag: &str) -> String {
+    let at = help
+        .find(&format!("      {flag} "))
+        .unwrap_or_else(|| panic!("{flag} not in --help"));
+    help[..at]
+        .lines()
+        .rev()
+        .find(|l| !l.is_empty() && !l.starts_with(' ') && l.ends_with(':'))
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[test]
+fn flags_sit_under_their_own_headings() {
+    let out = clean_command().args(["serve", "--help"]).output().unwrap();
+    let help = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(heading_of(&help, "--log-format"), "Logging:");
+    assert_eq!(heading_of(&help, "--max-sessions"), "Options:");
+    assert_eq!(
+        heading_of(&help, "--bwrap-path"),
+        "Local sandbox (bubblewrap):"
+    );
+    assert_eq!(
+        heading_of(&help, "--tb-max-test-bytes"),
+        "Terminal environment:"
+    );
+}
+
 #[test]
 fn unknown_environment_is_a_clear_error() {
     let out = clean_command()

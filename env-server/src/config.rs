@@ -25,6 +25,24 @@ pub enum SandboxKind {
     Local,
 }
 
+impl SandboxKind {
+    /// The variable Terminus reads its backend from, read here as an alias of `--sandbox`.
+    pub const TERMINUS_VAR: &'static str = "TERMINUS_SANDBOX_BACKEND";
+
+    /// The backend a `TERMINUS_SANDBOX_BACKEND` value names, with Terminus's aliases
+    /// (case-insensitive): `local`, `bwrap` and `process` are the local backend; Terminus's
+    /// `hf` names (and `docker`) are backends this build does not have.
+    pub fn from_terminus_name(value: &str) -> Result<Self, String> {
+        match value.to_lowercase().as_str() {
+            "local" | "bwrap" | "process" => Ok(Self::Local),
+            b @ ("hf" | "hf-sandbox" | "huggingface" | "docker") => Err(format!(
+                "sandbox backend {b} is not available in this build (available: local)"
+            )),
+            b => Err(format!("unknown sandbox backend: {b}")),
+        }
+    }
+}
+
 /// Everything `env-server serve` takes.
 #[derive(Debug, Clone, Args)]
 pub struct ServeConfig {
@@ -40,7 +58,8 @@ pub struct ServeConfig {
     #[arg(long = "env", env = "ENV_SERVER_ENV", default_value = "terminal", value_parser = clap::builder::PossibleValuesParser::new(crate::envs::ENV_NAMES))]
     pub env: String,
 
-    /// The sandbox backend of the environments that use one.
+    /// The sandbox backend of the environments that use one. Also read from
+    /// TERMINUS_SANDBOX_BACKEND (Terminus's variable: local, bwrap or process).
     #[arg(long, env = "ENV_SERVER_SANDBOX", value_enum, default_value_t = SandboxKind::Local)]
     pub sandbox: SandboxKind,
 
@@ -147,5 +166,29 @@ impl Limits {
     /// The shutdown grace period.
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs(self.shutdown_grace_s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn terminus_backend_names() {
+        for name in ["local", "bwrap", "process", "BWRAP", "Local"] {
+            assert_eq!(
+                SandboxKind::from_terminus_name(name),
+                Ok(SandboxKind::Local)
+            );
+        }
+        assert_eq!(
+            SandboxKind::from_terminus_name("HF"),
+            Err("sandbox backend hf is not available in this build (available: local)".to_owned())
+        );
+        assert_eq!(
+            SandboxKind::from_terminus_name(" local"),
+            Err("unknown sandbox backend:  local".to_owned()),
+            "no strip, as Terminus"
+        );
     }
 }

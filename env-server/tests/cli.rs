@@ -15,7 +15,10 @@ const BIN: &str = env!("CARGO_BIN_EXE_env-server");
 fn clean_command() -> Command {
     let mut cmd = Command::new(BIN);
     for (key, _) in std::env::vars() {
-        if key.starts_with("ENV_SERVER_") || key == "MAX_CONCURRENT_ENVS" {
+        if key.starts_with("ENV_SERVER_")
+            || key == "MAX_CONCURRENT_ENVS"
+            || key == "TERMINUS_SANDBOX_BACKEND"
+        {
             cmd.env_remove(key);
         }
     }
@@ -153,6 +156,53 @@ fn a_missing_bwrap_is_one_line_naming_the_fix() {
         err,
         "env-server: local sandbox backend is unavailable: bubblewrap (`bwrap`) is not installed: run `apt-get install bubblewrap` (scripts/serve does this)\n"
     );
+}
+
+/// Runs `serve --env echo --port 0` with `env`, expecting it to refuse to start; returns its
+/// stderr. Fails if it is still running after 10 s (it started).
+fn refused_start(env: &[(&str, &str)]) -> String {
+    let mut cmd = clean_command();
+    cmd.args(["serve", "--env", "echo", "--port", "0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .env("RUST_LOG", "off");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the server started with {env:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    String::from_utf8(out.stderr).unwrap()
+}
+
+#[test]
+fn terminus_sandbox_backend_is_read_as_an_alias_of_sandbox() {
+    assert_eq!(
+        refused_start(&[("TERMINUS_SANDBOX_BACKEND", "nope")]),
+        "env-server: TERMINUS_SANDBOX_BACKEND=\"nope\": unknown sandbox backend: nope\n"
+    );
+    assert_eq!(
+        refused_start(&[("TERMINUS_SANDBOX_BACKEND", "HF")]),
+        "env-server: TERMINUS_SANDBOX_BACKEND=\"HF\": sandbox backend hf is not available in this build (available: local)\n"
+    );
+    // Terminus's local names are ours; our own variable wins over the alias.
+    drop(Server::spawn(&[], &[("TERMINUS_SANDBOX_BACKEND", "bwrap")]));
+    drop(Server::spawn(
+        &[],
+        &[
+            ("TERMINUS_SANDBOX_BACKEND", "nope"),
+            ("ENV_SERVER_SANDBOX", "local"),
+        ],
+    ));
 }
 
 #[tokio::test]

@@ -47,7 +47,10 @@ impl ServerProcess {
             .args(["--host", "127.0.0.1", "--port", "0"])
             .args(args);
         for (key, _) in std::env::vars() {
-            if key.starts_with("ENV_SERVER_") || key == "MAX_CONCURRENT_ENVS" {
+            if key.starts_with("ENV_SERVER_")
+                || key == "MAX_CONCURRENT_ENVS"
+                || key == "TERMINUS_SANDBOX_BACKEND"
+            {
                 cmd.env_remove(key);
             }
         }

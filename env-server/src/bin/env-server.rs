@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, parser::ValueSource};
-use env_server::config::{LogFormat, ServeConfig};
+use env_server::config::{LogFormat, SandboxKind, ServeConfig};
 use env_server::server::{AppState, run};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
@@ -26,8 +26,12 @@ enum Command {
     Serve(ServeConfig),
 }
 
-/// Peer variable names read as aliases when our own variable is unset (`DESIGN.md`).
-const ALIASES: &[(&str, &str)] = &[("max_sessions", "MAX_CONCURRENT_ENVS")];
+/// Peer variable names read as aliases when neither the flag nor our own variable is set
+/// (`DESIGN.md`); an empty value counts as unset.
+const ALIASES: &[(&str, &str)] = &[
+    ("max_sessions", "MAX_CONCURRENT_ENVS"),
+    ("sandbox", SandboxKind::TERMINUS_VAR),
+];
 
 fn parse() -> anyhow::Result<Cli> {
     let matches = Cli::command().get_matches();
@@ -35,19 +39,26 @@ fn parse() -> anyhow::Result<Cli> {
     let Command::Serve(config) = &mut cli.command;
     if let Some(("serve", sub)) = matches.subcommand() {
         for (field, var) in ALIASES {
-            let Ok(value) = std::env::var(var) else {
+            let Some(value) = std::env::var(var).ok().filter(|v| !v.is_empty()) else {
                 continue;
             };
             if sub.value_source(field) != Some(ValueSource::DefaultValue) {
                 continue;
             }
-            if *field == "max_sessions" {
-                config.limits.max_sessions = value
-                    .trim()
-                    .parse()
-                    .ok()
-                    .filter(|n| *n > 0)
-                    .with_context(|| format!("{var}={value:?} is not a positive integer"))?;
+            match *field {
+                "max_sessions" => {
+                    config.limits.max_sessions = value
+                        .trim()
+                        .parse()
+                        .ok()
+                        .filter(|n| *n > 0)
+                        .with_context(|| format!("{var}={value:?} is not a positive integer"))?;
+                }
+                "sandbox" => {
+                    config.sandbox = SandboxKind::from_terminus_name(&value)
+                        .map_err(|e| anyhow::anyhow!("{var}={value:?}: {e}"))?;
+                }
+                _ => {}
             }
         }
     }

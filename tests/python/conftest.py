@@ -25,7 +25,7 @@ from _support import CLIENT_DIST, CLIENT_VERSION, GEN, REPO
 READY_RE = re.compile(r"^env-server listening on 127\.0\.0\.1:(\d+)$")
 READY_TIMEOUT_S = float(os.environ.get("ENV_SERVER_READY_TIMEOUT_S", "15"))
 # Variables the server reads as configuration (DESIGN.md): never inherited from the caller's shell.
-_CONFIG_VARS = ("MAX_CONCURRENT_ENVS",)
+_CONFIG_VARS = ("MAX_CONCURRENT_ENVS", "TERMINUS_SANDBOX_BACKEND")
 
 
 def server_binary() -> Path:
@@ -165,7 +165,8 @@ def _start(extra: tuple[str, ...], log_path: Path) -> EnvServer:
             f"server binary {binary} is missing: build it with `cargo build -p env-server` "
             "in the repository root, or point ENV_SERVER_BIN at one"
         )
-    argv = [str(binary), "serve", "--env", "echo", "--host", "127.0.0.1", "--port", "0", *extra]
+    env = [] if "--env" in extra else ["--env", "echo"]
+    argv = [str(binary), "serve", *env, "--host", "127.0.0.1", "--port", "0", *extra]
     server = EnvServer(argv, log_path)
     server.wait_ready()
     return server
@@ -173,7 +174,8 @@ def _start(extra: tuple[str, ...], log_path: Path) -> EnvServer:
 
 @pytest.fixture
 def server_factory(tmp_path: Path) -> Callable[..., EnvServer]:
-    """Start a server with extra flags, e.g. `server_factory("--max-sessions", "1")`."""
+    """Start a server with extra flags, e.g. `server_factory("--max-sessions", "1")`; the env
+    is `echo` unless the flags name one (`"--env", "terminal"`)."""
     started: list[EnvServer] = []
 
     def start(*extra: str) -> EnvServer:

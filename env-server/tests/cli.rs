@@ -185,6 +185,37 @@ fn refused_start(env: &[(&str, &str)]) -> String {
 }
 
 #[test]
+fn a_sandbox_root_the_sandboxes_cannot_reach_is_one_line_naming_the_fix() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIP: only a root server gives sandboxes their own uids");
+        return;
+    }
+    let root = std::env::temp_dir().join(format!("openenv-cli-closed-root-{}", std::process::id()));
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::set_permissions(&root, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let mut cmd = clean_command();
+    let out = cmd
+        .args([
+            "serve",
+            "--env",
+            "terminal",
+            "--port",
+            "0",
+            "--sandbox-root",
+        ])
+        .arg(&root)
+        .env("RUST_LOG", "off")
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&root);
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("`--sandbox-root /tmp`"), "{err}");
+    assert!(!err.contains("user namespaces"), "{err}");
+}
+
+#[test]
 fn terminus_sandbox_backend_is_read_as_an_alias_of_sandbox() {
     assert_eq!(
         refused_start(&[("TERMINUS_SANDBOX_BACKEND", "nope")]),

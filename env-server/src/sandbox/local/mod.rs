@@ -48,6 +48,9 @@ const USERNS_HINT: &str = "user namespaces seem to be unavailable: check `sysctl
     and `user.max_user_namespaces` (must be > 0), and on Ubuntu 23.10+ AppArmor's \
     `kernel.apparmor_restrict_unprivileged_userns` (set it to 0 or give bwrap an AppArmor profile); \
     in a container, allow user namespaces (e.g. `--security-opt seccomp=unconfined --security-opt apparmor=unconfined`)";
+/// Added to bwrap errors that say a sandbox's own uid cannot reach its directory.
+const ROOT_HINT: &str = "the sandboxes' own uids cannot reach the sandbox root: use a directory every \
+    user can traverse (`--sandbox-root /tmp`, or `chmod o+x` the root and its parents)";
 /// Top-level directories a work dir may not be in.
 const RESERVED: &[&str] = &[
     "bin", "dev", "etc", "lib", "lib32", "lib64", "proc", "run", "sbin", "sys", "tmp", "usr",
@@ -201,6 +204,15 @@ fn log_capabilities(dedicated: bool, cgroups: &cgroup::CgroupRoots, mode: Cgroup
 /// Maps a creation failure of the start-up probe to `Unavailable` with the fix.
 fn probe_failure(err: SandboxError) -> SandboxError {
     match err {
+        SandboxError::CreateFailed { reason }
+            if reason.contains("Can't find source path")
+                && reason.contains("Permission denied") =>
+        {
+            unavailable(format!(
+                "bwrap cannot create the sandbox: {} — {ROOT_HINT}",
+                reason.trim()
+            ))
+        }
         SandboxError::CreateFailed { reason } => {
             let userns = [
                 "namespace",
@@ -300,4 +312,24 @@ fn check_spec(config: &LocalConfig, spec: &SandboxSpec) -> Result<bool, SandboxE
 
 fn next_id(instance: &str) -> String {
     format!("{instance}-{}", SEQ.fetch_add(1, Ordering::Relaxed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probe_failures_name_their_fix() {
+        let unreachable = probe_failure(SandboxError::CreateFailed {
+            reason: "bwrap: Can't find source path <sandbox-dir>/etc/passwd: Permission denied"
+                .to_owned(),
+        });
+        let text = unreachable.to_string();
+        assert!(text.ends_with(ROOT_HINT), "{text}");
+        assert!(!text.contains("user namespaces"), "{text}");
+        let userns = probe_failure(SandboxError::CreateFailed {
+            reason: "bwrap: setting up uid map: Permission denied".to_owned(),
+        });
+        assert!(userns.to_string().ends_with(USERNS_HINT), "{userns}");
+    }
 }

@@ -86,6 +86,24 @@ pub(crate) fn progress(message: &str) {
     eprintln!("[terminal-bench {t:>6.1}s] {message}");
 }
 
+/// The 1-minute load average at the start of each section (the later ones include the
+/// bench's own load of the section before).
+static SECTION_LOADS: std::sync::Mutex<Vec<(&'static str, String)>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// Starts a section: records the load average and prints the progress line.
+fn section(name: &'static str, message: &str) {
+    let one_minute = procs::load_average()
+        .split_whitespace()
+        .next()
+        .unwrap_or("?")
+        .to_owned();
+    if let Ok(mut loads) = SECTION_LOADS.lock() {
+        loads.push((name, one_minute));
+    }
+    progress(&format!("{name}. {message}"));
+}
+
 /// The run's sizes.
 struct Plan {
     commands: CommandPlan,
@@ -153,20 +171,26 @@ fn main() -> anyhow::Result<()> {
         .build()
         .context("current-thread runtime")?;
     let c = plan.commands;
-    progress(&format!(
-        "1. per-command overhead: {} persistent, {} fresh-shell, {} Terminus-way `true` in {} rounds",
-        c.persistent, c.per_command, c.terminus, c.rounds
-    ));
+    section(
+        "1",
+        &format!(
+            "per-command overhead: {} persistent, {} fresh-shell, {} Terminus-way `true` in {} rounds",
+            c.persistent, c.per_command, c.terminus, c.rounds
+        ),
+    );
     let mut commands = measure::command_overhead(&current, &url, pid, c);
     for (lane, outcome) in commands.iter_mut().enumerate().take(2) {
         if let Err(e) = outcome {
             *e = format!("{e} (lane {lane}, server log {})", log.display());
         }
     }
-    progress(&format!(
-        "2. reset to ready: {} fresh episodes one at a time",
-        plan.resets
-    ));
+    section(
+        "2",
+        &format!(
+            "reset to ready: {} fresh episodes one at a time",
+            plan.resets
+        ),
+    );
     let resets = measure::resets(&current, &url, &root, plan.resets, plan.reset_warmup)
         .map_err(|e| with_log(&e));
     drop(current);
@@ -175,10 +199,13 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("multi-thread runtime")?;
-    progress(&format!(
-        "3a. {} persistent sessions running `true` for {:?}",
-        plan.sessions, plan.window
-    ));
+    section(
+        "3a",
+        &format!(
+            "{} persistent sessions running `true` for {:?}",
+            plan.sessions, plan.window
+        ),
+    );
     let throughput = multi
         .block_on(measure::command_throughput(
             &url,
@@ -187,16 +214,22 @@ fn main() -> anyhow::Result<()> {
             plan.window,
         ))
         .map_err(|e| with_log(&e));
-    progress(&format!(
-        "3a. the Terminus way: {} threads running `true` for {:?}",
-        plan.sessions, plan.window
-    ));
+    section(
+        "3a'",
+        &format!(
+            "the Terminus way: {} threads running `true` for {:?}",
+            plan.sessions, plan.window
+        ),
+    );
     let terminus_throughput =
         measure::terminus_throughput(plan.sessions, plan.window).map_err(|e| failed(&e));
-    progress(&format!(
-        "3b. {} workers running whole episodes for {:?}",
-        plan.sessions, plan.window
-    ));
+    section(
+        "3b",
+        &format!(
+            "{} workers running whole episodes for {:?}",
+            plan.sessions, plan.window
+        ),
+    );
     let episodes = multi
         .block_on(measure::episode_throughput(
             &url,
@@ -310,7 +343,8 @@ fn render(h: &Header, plan: &Plan, r: &Results) -> (String, usize) {
     out.push_str(&format!(
         "terminal-bench: env-server --env terminal (local bubblewrap sandbox) vs the Terminus way\n\
          machine: {} × {}, {:.1} GiB, kernel {}; {}\n\
-         load average (1/5/15 min): {} at start, {} at end; commit {}; {:.0} s\n",
+         load average (1/5/15 min): {} at start, {} at end; commit {}; {:.0} s\n\
+         1-min load average at the start of each section (from 3a on it includes the bench's own 64-way load): {}\n",
         h.machine.nproc,
         h.machine.model,
         h.machine.mem_mib / 1024.0,
@@ -319,7 +353,15 @@ fn render(h: &Header, plan: &Plan, r: &Results) -> (String, usize) {
         h.load_at_start,
         h.load_at_end,
         h.commit,
-        h.elapsed.as_secs_f64()
+        h.elapsed.as_secs_f64(),
+        SECTION_LOADS.lock().map_or_else(
+            |_| "-".to_owned(),
+            |loads| loads
+                .iter()
+                .map(|(name, load)| format!("{name}: {load}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
     ));
 
     // 1. Per-command overhead.

@@ -5,6 +5,9 @@
 //! (`SESSION_ERROR`, fatal) → `type` (`UNKNOWN_TYPE`) → envelope (`VALIDATION_ERROR`). Action
 //! validation belongs to the environment.
 
+use std::borrow::Cow;
+
+use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 
 use super::JsonMap;
@@ -59,6 +62,14 @@ impl FrameError {
 
 /// Parses one inbound text frame.
 pub fn parse_client_frame(text: &str) -> Result<ClientFrame, FrameError> {
+    if let Some(frame) = parse_well_formed(text) {
+        return Ok(frame);
+    }
+    parse_staged(text)
+}
+
+/// The staged parse: every frame, with OpenEnv's outcome for each way it can be wrong.
+fn parse_staged(text: &str) -> Result<ClientFrame, FrameError> {
     let value = parse_json_lenient(text).map_err(|detail| FrameError::InvalidJson { detail })?;
     let Value::Object(mut object) = value else {
         return Err(FrameError::NotObject {
@@ -135,6 +146,47 @@ pub fn parse_client_frame(text: &str) -> Result<ClientFrame, FrameError> {
         "state" => ClientFrame::State,
         _ => ClientFrame::Close,
     })
+}
+
+/// The fast path for the frames well-behaved clients send: strict JSON, an object with a string
+/// `type` naming a frame, `data` an object where that frame takes one, no other key, no key
+/// twice. It decodes straight into the frame (no intermediate map for the envelope) and
+/// returns `None` for anything else, which the staged parse then reads and reports exactly.
+fn parse_well_formed(text: &str) -> Option<ClientFrame> {
+    /// `data` present as an object; absent is `Data(None)`; anything else fails the decode.
+    #[derive(Default)]
+    struct Data(Option<JsonMap>);
+    impl<'de> Deserialize<'de> for Data {
+        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            JsonMap::deserialize(deserializer).map(|map| Self(Some(map)))
+        }
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Envelope<'a> {
+        #[serde(rename = "type", borrow)]
+        kind: Cow<'a, str>,
+        #[serde(default)]
+        data: Data,
+    }
+    let Envelope { kind, data } = serde_json::from_str::<Envelope<'_>>(text).ok()?;
+    match (kind.as_ref(), data.0) {
+        ("step", Some(data)) => Some(ClientFrame::Step { data }),
+        ("reset", data) => Some(ClientFrame::Reset {
+            data: data.unwrap_or_default(),
+        }),
+        ("mcp", Some(data)) => Some(ClientFrame::Mcp {
+            data: Value::Object(data),
+        }),
+        ("state", None) => Some(ClientFrame::State),
+        ("close", None) => Some(ClientFrame::Close),
+        ("verify", data) if data.as_ref().is_none_or(JsonMap::is_empty) => {
+            Some(ClientFrame::Verify {
+                data: data.unwrap_or_default(),
+            })
+        }
+        _ => None,
+    }
 }
 
 /// Python's type name for a JSON value (`json.loads` result types).
@@ -267,6 +319,48 @@ fn python_json_error(text: &str, err: &serde_json::Error) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn the_fast_path_agrees_with_the_staged_parse() {
+        let texts = [
+            r#"{"type":"step","data":{"message":"hi"}}"#,
+            r#"{"data":{"message":"hi"},"type":"step"}"#,
+            r#"{"type":"step","data":{"message":"hi","message":"bye","a":[1,2.5e3,null]}}"#,
+            r#"{"type":"st\u0065p","data":{"message":"hi"}}"#,
+            r#" { "type" : "reset" } "#,
+            r#"{"type":"reset","data":{"seed":42,"episode_id":"e"}}"#,
+            r#"{"type":"state"}"#,
+            r#"{"type":"close"}"#,
+            r#"{"type":"verify"}"#,
+            r#"{"type":"verify","data":{}}"#,
+            r#"{"type":"mcp","data":{"jsonrpc":"2.0","id":1,"method":"tools/list"}}"#,
+            // Each of these must leave the fast path and get the staged outcome.
+            r#"{"type":"step","data":null}"#,
+            r#"{"type":"step"}"#,
+            r#"{"type":"step","data":[1]}"#,
+            r#"{"type":"step","type":"reset","data":{}}"#,
+            r#"{"type":"step","data":{},"extra":1}"#,
+            r#"{"type":"verify","data":{"reward":1}}"#,
+            r#"{"type":"state","data":{}}"#,
+            r#"{"type":"close","data":{}}"#,
+            r#"{"type":"reset","data":{"x":NaN}}"#,
+            r#"{"type":"mcp","data":"x"}"#,
+            r#"{"type":7}"#,
+            r#"{"type":"nope"}"#,
+            r#"{}"#,
+            r#"[1]"#,
+            r#"{"type":"step","data":{}} x"#,
+        ];
+        for text in texts {
+            let staged = parse_staged(text);
+            if let Some(fast) = parse_well_formed(text) {
+                assert_eq!(Ok(fast), staged, "{text}");
+            }
+        }
+        assert!(parse_well_formed(texts[0]).is_some());
+        assert!(parse_well_formed(r#"{"type":"step","data":null}"#).is_none());
+        assert!(parse_well_formed(r#"{"type":"step","type":"reset","data":{}}"#).is_none());
+    }
 
     #[test]
     fn python_wording_for_common_errors() {

@@ -18,7 +18,8 @@ use axum::serve::ListenerExt;
 use env_client::protocol::validation::{FieldKind, Loc};
 use env_client::protocol::{
     ClientFrame, ErrorCode, ErrorData, HttpStepResponse, JsonMap, ObservationEnvelope, ServerFrame,
-    ValidationErrorItem, parse_client_frame, parse_json_lenient,
+    ValidationErrorItem, frame_text, observation_frame_text, parse_client_frame,
+    parse_json_lenient,
 };
 use futures_util::StreamExt;
 use serde::Deserialize;
@@ -66,7 +67,11 @@ impl AppState {
         let metadata = Bytes::from(factory.metadata().to_string());
         let openapi = Bytes::from(openapi_document(factory.name()).to_string());
         Self {
-            registry: Arc::new(Registry::new(factory, limits.max_sessions as usize)),
+            registry: Arc::new(Registry::new(
+                factory,
+                limits.max_sessions as usize,
+                shutdown.clone(),
+            )),
             limits,
             shutdown,
             tracker: TaskTracker::new(),
@@ -194,7 +199,7 @@ fn internal_error() -> Response {
 }
 
 fn server_frame(frame: &ServerFrame) -> String {
-    serde_json::to_string(frame).unwrap_or_default()
+    frame_text(frame)
 }
 
 fn error_frame(data: ErrorData) -> String {
@@ -297,7 +302,7 @@ async fn serve_ws(socket: WebSocket, state: Arc<AppState>, attach: Option<String
         tracing::info_span!("session", session_id = %session.id, env = registry.factory().name());
     let handler = WsHandler {
         registry: Arc::clone(&registry),
-        session_id: session.id.clone(),
+        session_id: Arc::from(session.id.as_str()),
         env,
         has_tools: !registry.factory().tools().is_empty(),
     };
@@ -321,7 +326,7 @@ async fn serve_ws(socket: WebSocket, state: Arc<AppState>, attach: Option<String
 /// The `/ws` protocol handler of one session.
 struct WsHandler {
     registry: Arc<Registry>,
-    session_id: String,
+    session_id: Arc<str>,
     env: EnvHandle,
     has_tools: bool,
 }
@@ -347,16 +352,16 @@ impl FrameHandler for WsHandler {
         };
         let env = Arc::clone(&self.env);
         let registry = Arc::clone(&self.registry);
-        let session_id = self.session_id.clone();
+        let session_id = Arc::clone(&self.session_id);
         let has_tools = self.has_tools;
         Handled::Pending(Box::pin(async move {
             let mut env = env.lock_owned().await;
             let kind = frame.type_name();
             catch_panic(
                 async {
-                    Outgoing::frame(server_frame(
-                        &respond(&registry, &session_id, &mut **env, frame, has_tools).await,
-                    ))
+                    Outgoing::frame(
+                        respond(&registry, &session_id, &mut **env, frame, has_tools).await,
+                    )
                 },
                 || {
                     tracing::error!(frame = kind, "environment panicked; closing the session");
@@ -395,26 +400,37 @@ fn env_error(err: EnvError) -> ServerFrame {
     })
 }
 
-fn observation(outcome: StepOutcome) -> ServerFrame {
-    ServerFrame::Observation(ObservationEnvelope::new(
-        outcome.observation,
-        outcome.reward,
-        outcome.done,
-    ))
+/// The `observation` frame of a reset or step, written without copying its metadata.
+fn observation(outcome: StepOutcome) -> String {
+    observation_frame_text(&outcome.observation, outcome.reward, outcome.done)
 }
 
-/// Answers one parsed frame (not `close`) on a session's env.
+fn env_error_text(err: EnvError) -> String {
+    server_frame(&env_error(err))
+}
+
+/// Answers one parsed frame (not `close`) on a session's env with the text of the reply.
 async fn respond(
     registry: &Arc<Registry>,
     session_id: &str,
     env: &mut dyn Environment,
     frame: ClientFrame,
     has_tools: bool,
-) -> ServerFrame {
-    match frame {
-        ClientFrame::Reset { data } => env.reset(data).await.map_or_else(env_error, observation),
+) -> String {
+    let reply = match frame {
+        ClientFrame::Reset { data } => {
+            return env
+                .reset(data)
+                .await
+                .map_or_else(env_error_text, observation);
+        }
         ClientFrame::Step { data } => match Action::classify(data, has_tools) {
-            Ok(action) => env.step(action).await.map_or_else(env_error, observation),
+            Ok(action) => {
+                return env
+                    .step(action)
+                    .await
+                    .map_or_else(env_error_text, observation);
+            }
             Err(err) => env_error(err),
         },
         ClientFrame::State => ServerFrame::State(env.state()),
@@ -437,7 +453,8 @@ async fn respond(
             ErrorCode::UnknownType,
             "Unknown message type: close",
         )),
-    }
+    };
+    server_frame(&reply)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -484,7 +501,7 @@ async fn serve_mcp_ws(socket: WebSocket, state: Arc<AppState>) {
     let span = tracing::info_span!("mcp_session", session_id = %session.id, env = registry.factory().name());
     let handler = McpSocketHandler {
         registry: Arc::clone(&registry),
-        session_id: session.id.clone(),
+        session_id: Arc::from(session.id.as_str()),
         env,
     };
     drive(
@@ -502,7 +519,7 @@ async fn serve_mcp_ws(socket: WebSocket, state: Arc<AppState>) {
 /// Bare JSON-RPC frames on the `/mcp` WebSocket, answered in Python `json.dumps` layout.
 struct McpSocketHandler {
     registry: Arc<Registry>,
-    session_id: String,
+    session_id: Arc<str>,
     env: EnvHandle,
 }
 
@@ -519,7 +536,7 @@ impl FrameHandler for McpSocketHandler {
         let (env, registry, session_id) = (
             Arc::clone(&self.env),
             Arc::clone(&self.registry),
-            self.session_id.clone(),
+            Arc::clone(&self.session_id),
         );
         Handled::Pending(Box::pin(async move {
             let mut env = env.lock_owned().await;

@@ -116,7 +116,8 @@ pub struct Observation(pub JsonMap);
 impl Observation {
     /// An observation with `metadata` first and then `fields`, in the order given.
     pub fn new(metadata: JsonMap, fields: impl IntoIterator<Item = (String, Value)>) -> Self {
-        let mut map = JsonMap::new();
+        let fields = fields.into_iter();
+        let mut map = JsonMap::with_capacity(1 + fields.size_hint().0);
         map.insert("metadata".to_owned(), Value::Object(metadata));
         map.extend(fields);
         Self(map)
@@ -168,6 +169,52 @@ impl ObservationEnvelope {
             metadata,
         }
     }
+}
+
+/// The text of the `observation` frame [`ServerFrame::Observation`] of
+/// `ObservationEnvelope::new(observation, reward, done)` would serialise to, written from
+/// borrowed parts: the top-level `metadata` is not copied first. Servers use it on the step
+/// path.
+pub fn observation_frame_text(
+    observation: &Observation,
+    reward: Option<Reward>,
+    done: bool,
+) -> String {
+    #[derive(Serialize)]
+    struct Frame<'a> {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        data: Envelope<'a>,
+    }
+    #[derive(Serialize)]
+    struct Envelope<'a> {
+        observation: &'a Observation,
+        reward: Option<Reward>,
+        done: bool,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        metadata: Option<&'a JsonMap>,
+    }
+    let frame = Frame {
+        kind: "observation",
+        data: Envelope {
+            observation,
+            reward,
+            done,
+            metadata: observation.metadata().filter(|m| !m.is_empty()),
+        },
+    };
+    frame_text(&frame)
+}
+
+/// Serialises a frame into a buffer sized for a typical frame (one allocation, no regrowth).
+/// Serialising these types cannot fail (string keys, no non-string map keys); an impossible
+/// failure yields an empty text rather than a panic.
+pub fn frame_text<T: Serialize + ?Sized>(frame: &T) -> String {
+    let mut buf = Vec::with_capacity(512);
+    if serde_json::to_writer(&mut buf, frame).is_err() {
+        return String::new();
+    }
+    String::from_utf8(buf).unwrap_or_default()
 }
 
 /// The `data` of a `state` frame: `episode_id`, `step_count`, then the env's extra fields.

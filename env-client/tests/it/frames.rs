@@ -3,7 +3,7 @@
 
 use env_client::protocol::{
     ClientFrame, EnvState, JsonMap, JsonRpcRequest, Observation, ObservationEnvelope, Reward,
-    ServerFrame, parse_client_frame,
+    ServerFrame, observation_frame_text, parse_client_frame,
 };
 use proptest::prelude::*;
 use serde_json::{Value, json};
@@ -217,6 +217,26 @@ proptest! {
         let back: ServerFrame = serde_json::from_str(&text).unwrap();
         prop_assert_eq!(&back, &frame);
         prop_assert_eq!(serde_json::to_string(&back).unwrap(), text);
+    }
+
+    #[test]
+    fn borrowed_observation_frames_match_the_envelope(
+        metadata in prop::option::of(json_object(json_value())),
+        fields in json_object(json_value()),
+        reward in reward(),
+        done in any::<bool>(),
+        v030 in any::<bool>(),
+    ) {
+        let observation = if v030 {
+            let mut fields = fields;
+            fields.remove("metadata");
+            Observation(fields)
+        } else {
+            Observation::new(metadata.unwrap_or_default(), fields)
+        };
+        let text = observation_frame_text(&observation, reward, done);
+        let frame = ServerFrame::Observation(ObservationEnvelope::new(observation, reward, done));
+        prop_assert_eq!(text, serde_json::to_string(&frame).unwrap());
     }
 
     #[test]

@@ -159,7 +159,8 @@ impl EchoEnv {
         #[allow(clippy::cast_precision_loss)]
         let reward = length as f64 / 10.0;
         let done = message == "bye";
-        self.last_message = message.to_owned();
+        self.last_message.clear();
+        self.last_message.push_str(message);
         self.last_reward = reward;
         self.last_done = done;
         let mut metadata = JsonMap::new();

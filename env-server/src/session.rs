@@ -50,7 +50,9 @@ pub struct Session {
     attached: AtomicBool,
     closing: AtomicBool,
     last_active_ms: AtomicU64,
-    /// Cancelled when the session is destroyed from elsewhere (HTTP close, reaper, shutdown).
+    /// Cancelled when the session is destroyed from elsewhere (HTTP close, reaper) and, as a
+    /// child of the server's shutdown token, when the server stops: one token for a connection
+    /// loop to wait on.
     cancel: CancellationToken,
     _slot: OwnedSemaphorePermit,
 }
@@ -134,6 +136,7 @@ pub struct Registry {
     max: usize,
     epoch: Instant,
     factory: Arc<dyn EnvFactory>,
+    shutdown: CancellationToken,
 }
 
 impl std::fmt::Debug for Registry {
@@ -146,14 +149,16 @@ impl std::fmt::Debug for Registry {
 }
 
 impl Registry {
-    /// A table of at most `max` sessions of `factory`'s env.
-    pub fn new(factory: Arc<dyn EnvFactory>, max: usize) -> Self {
+    /// A table of at most `max` sessions of `factory`'s env; cancelling `shutdown` cancels
+    /// every session's token.
+    pub fn new(factory: Arc<dyn EnvFactory>, max: usize, shutdown: CancellationToken) -> Self {
         Self {
             sessions: Mutex::new(HashMap::new()),
             slots: Arc::new(Semaphore::new(max)),
             max,
             epoch: Instant::now(),
             factory,
+            shutdown,
         }
     }
 
@@ -210,7 +215,7 @@ impl Registry {
             attached: AtomicBool::new(false),
             closing: AtomicBool::new(false),
             last_active_ms: AtomicU64::new(self.now_ms()),
-            cancel: CancellationToken::new(),
+            cancel: self.shutdown.child_token(),
             _slot: slot,
         });
         self.table()
@@ -499,11 +504,9 @@ where
     let idle_deadline = tokio::time::sleep_until(idle.map_or_else(far, |d| Instant::now() + d));
     tokio::pin!(idle_deadline);
     let mut destroy = false;
-    // Registered once, not on every pass of the loop.
-    let server_stopping = shutdown.cancelled();
-    tokio::pin!(server_stopping);
-    let session_destroyed = session.cancel.cancelled();
-    tokio::pin!(session_destroyed);
+    // One waiter (the session's token is a child of the shutdown token), registered once.
+    let session_cancelled = session.cancel.cancelled();
+    tokio::pin!(session_cancelled);
 
     let ended = 'session: loop {
         // Start queued requests while none is in flight, answering what is ready at once.
@@ -531,12 +534,13 @@ where
 
         tokio::select! {
             biased;
-            () = &mut server_stopping => {
-                let _ = send_with_timeout(&mut socket, close_message(1001, "server shutting down".to_owned()), Duration::from_secs(1)).await;
-                break Ended::Cancelled;
-            }
-            () = &mut session_destroyed => {
-                let _ = send_with_timeout(&mut socket, close_message(1000, String::new()), Duration::from_secs(1)).await;
+            () = &mut session_cancelled => {
+                let close = if shutdown.is_cancelled() {
+                    close_message(1001, "server shutting down".to_owned())
+                } else {
+                    close_message(1000, String::new())
+                };
+                let _ = send_with_timeout(&mut socket, close, Duration::from_secs(1)).await;
                 break Ended::Cancelled;
             }
             out = poll_inflight(&mut inflight), if inflight.is_some() => {
@@ -596,6 +600,9 @@ where
         }
     };
     drop(inflight);
+    // The socket goes first: a client waiting for the connection to end (its `close()`)
+    // does not also wait for the environment's teardown (a sandbox takes milliseconds).
+    drop(socket);
     guard.armed = false;
     registry
         .release_socket(&session, destroy || ended == Ended::Cancelled)

@@ -401,7 +401,7 @@ fn env_error(err: EnvError) -> ServerFrame {
 }
 
 /// The `observation` frame of a reset or step, written without copying its metadata.
-fn observation(outcome: StepOutcome) -> String {
+fn observation(outcome: &StepOutcome) -> String {
     observation_frame_text(&outcome.observation, outcome.reward, outcome.done)
 }
 
@@ -422,14 +422,14 @@ async fn respond(
             return env
                 .reset(data)
                 .await
-                .map_or_else(env_error_text, observation);
+                .map_or_else(env_error_text, |out| observation(&out));
         }
         ClientFrame::Step { data } => match Action::classify(data, has_tools) {
             Ok(action) => {
                 return env
                     .step(action)
                     .await
-                    .map_or_else(env_error_text, observation);
+                    .map_or_else(env_error_text, |out| observation(&out));
             }
             Err(err) => env_error(err),
         },

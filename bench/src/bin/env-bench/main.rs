@@ -219,7 +219,7 @@ async fn main() -> anyhow::Result<()> {
         load_at_start,
         load_at_end: procs::load_average(),
         nofile,
-        commit: git_commit(&paths),
+        commit: procs::git_commit(&paths.repo),
         peer: peer_note,
         elapsed: START.get_or_init(Instant::now).elapsed(),
     };
@@ -380,26 +380,6 @@ fn peer_versions(python: &std::path::Path) -> String {
     match out {
         Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().to_owned(),
         _ => "openenv 0.10.0 create_app + uvicorn".to_owned(),
-    }
-}
-
-fn git_commit(paths: &Paths) -> String {
-    let git = |args: &[&str]| {
-        std::process::Command::new("git")
-            .arg("-C")
-            .arg(&paths.repo)
-            .args(args)
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-    };
-    let Some(head) = git(&["rev-parse", "--short", "HEAD"]) else {
-        return "unknown".to_owned();
-    };
-    match git(&["status", "--porcelain", "--untracked-files=no"]) {
-        Some(s) if !s.is_empty() => format!("{head} (with uncommitted changes)"),
-        _ => head,
     }
 }
 

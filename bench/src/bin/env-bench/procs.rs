@@ -329,3 +329,43 @@ pub(crate) fn raise_fd_limit() -> anyhow::Result<u64> {
     }
     Ok(hard)
 }
+
+/// The repository root, this executable's directory, and the log directory `log_name` beside
+/// the executable (created).
+pub(crate) fn bench_dirs(log_name: &str) -> anyhow::Result<(PathBuf, PathBuf, PathBuf)> {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("bench/ has no parent directory")?
+        .to_owned();
+    let exe = std::env::current_exe().context("cannot find this executable")?;
+    let bin_dir = exe
+        .parent()
+        .context("this executable has no directory")?
+        .to_owned();
+    let log_dir = bin_dir.join(log_name);
+    std::fs::create_dir_all(&log_dir)
+        .with_context(|| format!("cannot create {}", log_dir.display()))?;
+    Ok((repo, bin_dir, log_dir))
+}
+
+/// The short commit of `repo`'s HEAD, marked when the tracked files have uncommitted changes;
+/// `unknown` outside a git checkout.
+pub(crate) fn git_commit(repo: &Path) -> String {
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .arg("-C")
+            .arg(repo)
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    };
+    let Some(head) = git(&["rev-parse", "--short", "HEAD"]) else {
+        return "unknown".to_owned();
+    };
+    match git(&["status", "--porcelain", "--untracked-files=no"]) {
+        Some(s) if !s.is_empty() => format!("{head} (with uncommitted changes)"),
+        _ => head,
+    }
+}

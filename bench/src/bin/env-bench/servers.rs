@@ -2,7 +2,7 @@
 //! (the machine's floor) and the peer (the official Python server, `bench/peer/echo_peer.py`
 //! in `<repo>/.venv-bench`), plus the official Python client's benchmark script.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -55,18 +55,7 @@ pub(crate) struct Paths {
 
 impl Paths {
     pub(crate) fn discover() -> anyhow::Result<Self> {
-        let repo = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .context("bench/ has no parent directory")?
-            .to_owned();
-        let exe = std::env::current_exe().context("cannot find this executable")?;
-        let bin_dir = exe
-            .parent()
-            .context("this executable has no directory")?
-            .to_owned();
-        let log_dir = bin_dir.join("env-bench-logs");
-        std::fs::create_dir_all(&log_dir)
-            .with_context(|| format!("cannot create {}", log_dir.display()))?;
+        let (repo, bin_dir, log_dir) = crate::procs::bench_dirs("env-bench-logs")?;
         Ok(Self {
             repo,
             bin_dir,

@@ -263,7 +263,7 @@ fn main() -> anyhow::Result<()> {
         machine: Machine::read(),
         load_at_start,
         load_at_end: procs::load_average(),
-        commit: git_commit(&paths.repo),
+        commit: procs::git_commit(&paths.repo),
         bwrap: bwrap_version(),
         elapsed: START.get_or_init(Instant::now).elapsed(),
     };
@@ -273,26 +273,6 @@ fn main() -> anyhow::Result<()> {
         anyhow::bail!("{errors} measurement(s) failed (see the report)");
     }
     Ok(())
-}
-
-fn git_commit(repo: &std::path::Path) -> String {
-    let git = |args: &[&str]| {
-        std::process::Command::new("git")
-            .arg("-C")
-            .arg(repo)
-            .args(args)
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-    };
-    let Some(head) = git(&["rev-parse", "--short", "HEAD"]) else {
-        return "unknown".to_owned();
-    };
-    match git(&["status", "--porcelain", "--untracked-files=no"]) {
-        Some(s) if !s.is_empty() => format!("{head} (with uncommitted changes)"),
-        _ => head,
-    }
 }
 
 fn bwrap_version() -> String {

@@ -30,18 +30,7 @@ pub(crate) struct Paths {
 impl Paths {
     /// Finds the repository and this executable's directory; creates the log directory.
     pub(crate) fn discover() -> anyhow::Result<Self> {
-        let repo = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .context("bench/ has no parent directory")?
-            .to_owned();
-        let exe = std::env::current_exe().context("cannot find this executable")?;
-        let bin_dir = exe
-            .parent()
-            .context("this executable has no directory")?
-            .to_owned();
-        let log_dir = bin_dir.join("terminal-bench-logs");
-        std::fs::create_dir_all(&log_dir)
-            .with_context(|| format!("cannot create {}", log_dir.display()))?;
+        let (repo, bin_dir, log_dir) = crate::procs::bench_dirs("terminal-bench-logs")?;
         Ok(Self {
             repo,
             bin_dir,

@@ -2,12 +2,15 @@
 
 - the Rust client (`env_client::EnvClient`, python/examples/rust_step_bench.rs);
 - the binding: sync `openenv_rs.EnvClient` and asyncio `openenv_rs.AsyncEnvClient`;
+- the asyncio floor: asyncio streams on a raw socket writing one pre-built frame per step and
+  reading the reply's bytes, no parsing — what any asyncio-native client pays at least;
 - the official Python client (`openenv` 0.10.0 `GenericEnvClient`, sync and async), when it
   is installed in the interpreter running this script.
 
-All of them step the same `env-server --env echo` process (one session each, one after the
-other): connect, `reset()`, WARMUP untimed steps, STEPS timed `step({"message": "hi"})`, each
-timed on its own. Prints p50/p90/p99 (nearest rank) and steps/s per client, and each one's
+All of them step the same `env-server --env echo` process, one session at a time, in ROUNDS
+rounds that alternate between the clients (so that the machine's noise falls on all of them
+alike): each round connects, `reset()`s, runs WARMUP/ROUNDS (at least 50) untimed steps and
+STEPS/ROUNDS timed `step({"message": "hi"})`, each timed on its own. Prints p50/p90/p99 (nearest rank) and steps/s per client, and each one's
 p50 and p99 as a ratio to the Rust client's (target for the binding: ≤ 1.5×, `DESIGN.md`).
 
 By default the server is pinned to CPU 0 and the clients to CPU 1 (as in `PROTOCOL.md` §10);
@@ -44,6 +47,7 @@ REPO = Path(__file__).resolve().parent.parent
 READY_RE = re.compile(r"^env-server listening on 127\.0\.0\.1:(\d+)$")
 RUST_TARGET_DIR = REPO / "target" / "bench-rust"
 ACTION = {"message": "hi"}
+RUST_BUILT: List[bool] = []  # the Rust side is built once per run
 
 
 # -- the server ----------------------------------------------------------------------------
@@ -101,9 +105,11 @@ def rust_client(url: str, steps: int, warmup: int) -> List[float]:
         "cargo", "build", "--release", "--quiet", "-p", "openenv-rs-python",
         "--example", "rust_step_bench", "--target-dir", str(RUST_TARGET_DIR),
     ]
-    print("  building the Rust side (cargo, release; first run takes a few minutes)",
-          file=sys.stderr, flush=True)
-    subprocess.run(build, cwd=REPO, check=True)
+    if not RUST_BUILT:
+        print("  building the Rust side (cargo, release; first run takes a few minutes)",
+              file=sys.stderr, flush=True)
+        subprocess.run(build, cwd=REPO, check=True)
+        RUST_BUILT.append(True)
     out = subprocess.run(
         [str(binary), url, str(steps), str(warmup)], capture_output=True, text=True, check=True
     ).stdout
@@ -164,6 +170,60 @@ def official_async(url: str, steps: int, warmup: int) -> List[float]:
                 await env.step(ACTION)
                 samples.append((clock() - t0) / 1e3)
             return samples
+
+    return asyncio.run(run())
+
+
+def asyncio_floor(url: str, steps: int, warmup: int) -> List[float]:
+    """The floor of any asyncio-native client on this machine: asyncio streams on a raw
+    socket, the WebSocket handshake by hand, then each step writes one pre-built masked frame
+    and reads the reply's bytes (no JSON, no frame object): one event-loop wake-up per reply
+    and nothing else."""
+    import base64
+    import struct
+
+    host, port = url.split("//", 1)[1].split(":")
+
+    def frame(text: str) -> bytes:
+        payload = text.encode()
+        mask = os.urandom(4)
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        assert len(payload) < 126
+        return bytes([0x81, 0x80 | len(payload)]) + mask + masked
+
+    async def read_frame(reader: asyncio.StreamReader) -> bytes:
+        head = await reader.readexactly(2)
+        size = head[1] & 0x7F
+        if size == 126:
+            (size,) = struct.unpack("!H", await reader.readexactly(2))
+        elif size == 127:
+            (size,) = struct.unpack("!Q", await reader.readexactly(8))
+        return await reader.readexactly(size)
+
+    async def run() -> List[float]:
+        reader, writer = await asyncio.open_connection(host, int(port))
+        key = base64.b64encode(os.urandom(16)).decode()
+        writer.write((f"GET /ws HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+                      f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                      "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+        status = await reader.readuntil(b"\r\n\r\n")
+        assert status.startswith(b"HTTP/1.1 101"), status
+        writer.write(frame(json.dumps({"type": "reset", "data": {}})))
+        await read_frame(reader)
+        step = frame(json.dumps({"type": "step", "data": ACTION}))
+        for _ in range(warmup):
+            writer.write(step)
+            await read_frame(reader)
+        clock = time.perf_counter_ns
+        samples = []
+        for _ in range(steps):
+            t0 = clock()
+            writer.write(step)
+            reply = await read_frame(reader)
+            samples.append((clock() - t0) / 1e3)
+        assert b'"observation"' in reply, reply
+        writer.close()
+        return samples
 
     return asyncio.run(run())
 
@@ -236,7 +296,11 @@ def main() -> None:
                         help="concurrent sessions of the async throughput run (0 = skip it)")
     parser.add_argument("--session-steps", type=int, default=200,
                         help="steps per session in the throughput run")
-    parser.add_argument("--clients", default="rust,sync,async,official-sync,official-async",
+    parser.add_argument("--rounds", type=int, default=10,
+                        help="rounds the timed steps are split into, alternating between the "
+                             "clients so that machine noise falls on all of them alike")
+    parser.add_argument("--clients",
+                        default="rust,sync,async,asyncio-floor,official-sync,official-async",
                         help="which clients to run (comma-separated; rust is always run)")
     args = parser.parse_args()
 
@@ -262,6 +326,8 @@ def main() -> None:
         runs.append(("openenv_rs.EnvClient (sync)", binding_sync, args.steps))
     if "async" in wanted:
         runs.append(("openenv_rs.AsyncEnvClient", binding_async, args.steps))
+    if "asyncio-floor" in wanted:
+        runs.append(("asyncio floor (raw socket, no parsing)", asyncio_floor, args.steps))
     official: Optional[str] = None
     try:
         import openenv  # noqa: F401
@@ -281,9 +347,15 @@ def main() -> None:
     results: Dict[str, Dict[str, float]] = {}
     rates: Dict[str, float] = {}
     try:
-        for name, run, steps in runs:
-            print(f"  {name}: {steps} steps …", file=sys.stderr, flush=True)
-            results[name] = summary(run(server.url, steps, args.warmup))
+        rounds = max(1, args.rounds)
+        warmup = max(50, args.warmup // rounds)
+        samples: Dict[str, List[float]] = {name: [] for name, _, _ in runs}
+        for r in range(rounds):
+            print(f"  round {r + 1}/{rounds}: " + ", ".join(name for name, _, _ in runs),
+                  file=sys.stderr, flush=True)
+            for name, run, steps in runs:
+                samples[name] += run(server.url, max(1, steps // rounds), warmup)
+        results = {name: summary(samples[name]) for name, _, _ in runs}
         if args.sessions > 0:
             contenders = [("openenv_rs.AsyncEnvClient", "binding")]
             if official:
@@ -296,7 +368,8 @@ def main() -> None:
         server.stop()
 
     rust = results[runs[0][0]]
-    print(f"\nStep round trip, echo env, one session; server {binary.relative_to(REPO)}"
+    print(f"\nStep round trip, echo env, one session ({rounds} rounds alternating between the "
+          f"clients, {warmup} untimed steps each); server {binary.relative_to(REPO)}"
           f"{' pinned to CPU 0, clients to CPU 1' if pin else ' (unpinned)'}; "
           f"openenv_rs {openenv_rs.__version__}, Python {sys.version.split()[0]}\n")
     header = f"{'client':<42} {'p50 µs':>8} {'p90 µs':>8} {'p99 µs':>8} {'steps/s':>9} " \

@@ -104,6 +104,75 @@ fn default_sbx() -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// Whether any user can reach and run `path`: every ancestor directory searchable by others,
+/// the file readable and executable by others.
+fn reachable_by_all(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).map(|m| m.permissions().mode());
+    let file_ok = mode(path).is_ok_and(|m| m & 0o005 == 0o005);
+    file_ok
+        && path
+            .ancestors()
+            .skip(1)
+            .all(|dir| dir.as_os_str().is_empty() || mode(dir).is_ok_and(|m| m & 0o001 != 0))
+}
+
+/// Copies `env-sbx` into `<root>/.openenv-rs-sbx/` (root-owned, 0755), where the sandboxes'
+/// uids can reach it — for a server binary under a directory they cannot traverse (a checkout
+/// in a private home or a `mktemp -d`). The copy is named by the source's size and mtime, made
+/// under a temporary name and renamed, so servers share it; a directory or file there that
+/// another user owns or could write is refused, not used.
+fn stage_sbx(sbx: &Path, root: &Path) -> Result<PathBuf, SandboxError> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    let fail = |what: &str, e: &dyn std::fmt::Display| {
+        unavailable(format!(
+            "cannot stage the sandbox supervisor {} in {} ({what}: {e}); put env-server where every user can reach it or set --sbx-path",
+            sbx.display(),
+            root.display()
+        ))
+    };
+    let trusted = |p: &Path| -> Result<(), SandboxError> {
+        let meta = std::fs::symlink_metadata(p).map_err(|e| fail("stat", &e))?;
+        if meta.uid() != nix::unistd::geteuid().as_raw()
+            || meta.file_type().is_symlink()
+            || meta.mode() & 0o022 != 0
+        {
+            return Err(fail(
+                "ownership",
+                &format!("{} is not ours alone", p.display()),
+            ));
+        }
+        Ok(())
+    };
+    let source = std::fs::metadata(sbx).map_err(|e| fail("stat", &e))?;
+    let dir = root.join(".openenv-rs-sbx");
+    match std::fs::DirBuilder::new().mode(0o755).create(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(fail("mkdir", &e)),
+    }
+    trusted(&dir)?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
+        .map_err(|e| fail("chmod", &e))?;
+    let staged = dir.join(format!(
+        "env-sbx-{}-{}.{}",
+        source.len(),
+        source.mtime(),
+        source.mtime_nsec()
+    ));
+    if staged.exists() {
+        trusted(&staged)?;
+        return Ok(staged);
+    }
+    let tmp = dir.join(format!(".env-sbx-{}.tmp", std::process::id()));
+    std::fs::copy(sbx, &tmp).map_err(|e| fail("copy", &e))?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))
+        .map_err(|e| fail("chmod", &e))?;
+    std::fs::rename(&tmp, &staged).map_err(|e| fail("rename", &e))?;
+    tracing::info!(from = %sbx.display(), to = %staged.display(), "staged env-sbx where the sandboxes' uids can reach it");
+    Ok(staged)
+}
+
 fn unavailable(reason: impl Into<String>) -> SandboxError {
     SandboxError::Unavailable {
         backend: BACKEND,
@@ -145,6 +214,12 @@ impl LocalBackend {
         }
         let sys_dirs = argv::sys_dirs(&config.rootfs);
         let dedicated_uids = nix::unistd::geteuid().is_root();
+        // bwrap runs as each sandbox's own uid and must reach `env-sbx` to bind it.
+        let sbx = if dedicated_uids && !reachable_by_all(&sbx) {
+            stage_sbx(&sbx, &root)?
+        } else {
+            sbx
+        };
         let cgroups = cgroup::CgroupRoots::detect(config.cgroups == CgroupMode::Auto);
         log_capabilities(dedicated_uids, &cgroups, config.cgroups);
         Ok(LocalBackend {
@@ -317,6 +392,39 @@ fn next_id(instance: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unreachable_sbx_is_staged_where_every_user_can_reach_it() {
+        use std::os::unix::fs::PermissionsExt;
+        let base = std::env::temp_dir().join(format!("openenv-stage-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let private = base.join("private");
+        let root = base.join("root");
+        std::fs::create_dir_all(&private).unwrap();
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let sbx = private.join("env-sbx");
+        std::fs::write(&sbx, b"#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&sbx, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(!reachable_by_all(&sbx));
+
+        let staged = stage_sbx(&sbx, &root).unwrap();
+        assert!(staged.starts_with(root.join(".openenv-rs-sbx")));
+        assert!(reachable_by_all(&staged), "{}", staged.display());
+        assert_eq!(std::fs::read(&staged).unwrap(), b"#!/bin/sh\n");
+        // A second server reuses the same copy.
+        assert_eq!(stage_sbx(&sbx, &root).unwrap(), staged);
+        // A staging directory others can write to is refused.
+        std::fs::set_permissions(
+            root.join(".openenv-rs-sbx"),
+            std::fs::Permissions::from_mode(0o777),
+        )
+        .unwrap();
+        assert!(stage_sbx(&sbx, &root).is_err());
+        std::fs::remove_dir_all(&base).unwrap();
+    }
 
     #[test]
     fn probe_failures_name_their_fix() {

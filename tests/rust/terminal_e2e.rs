@@ -98,10 +98,18 @@ async fn eventually(what: &str, within: Duration, mut ready: impl FnMut() -> boo
     }
 }
 
+/// The episode directories (`openenv-rs-…`) under a sandbox root; the root may also hold the
+/// staged `env-sbx` (`.openenv-rs-sbx/`), which is no sandbox.
+fn sandbox_dirs(root: &Path) -> usize {
+    std::fs::read_dir(root).map_or(0, |d| {
+        d.flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("openenv-rs-"))
+            .count()
+    })
+}
+
 fn dir_is_empty(dir: &Path) -> bool {
-    std::fs::read_dir(dir)
-        .map(|mut d| d.next().is_none())
-        .unwrap_or(true)
+    sandbox_dirs(dir) == 0
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -371,11 +379,7 @@ async fn a_fork_bomb_and_an_output_flood_are_contained() {
     eventually(
         "sandbox dir of the bomb removed",
         Duration::from_secs(20),
-        || {
-            std::fs::read_dir(&root)
-                .map(|d| d.count() <= 1)
-                .unwrap_or(true)
-        },
+        || sandbox_dirs(&root) <= 1,
     )
     .await;
     bystander.close().await.unwrap();

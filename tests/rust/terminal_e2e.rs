@@ -21,12 +21,28 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// A per-test sandbox root, so the test can check that every sandbox dir is removed.
-fn sandbox_root(name: &str) -> PathBuf {
+/// A per-test sandbox root, so the test can check that every sandbox dir is removed; removed
+/// (with the staged `env-sbx` it may hold) when the test ends.
+struct SandboxRoot(PathBuf);
+
+impl std::ops::Deref for SandboxRoot {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for SandboxRoot {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn sandbox_root(name: &str) -> SandboxRoot {
     let dir = std::env::temp_dir().join(format!("openenv-e2e-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    dir
+    SandboxRoot(dir)
 }
 
 async fn terminal_server(root: &Path, extra: &[&str], env: &[(&str, &str)]) -> ServerProcess {

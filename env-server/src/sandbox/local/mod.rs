@@ -164,7 +164,13 @@ fn stage_sbx(sbx: &Path, root: &Path) -> Result<PathBuf, SandboxError> {
         trusted(&staged)?;
         return Ok(staged);
     }
-    let tmp = dir.join(format!(".env-sbx-{}.tmp", std::process::id()));
+    // Unique per call: backends of one process (tests) may stage at the same time.
+    static STAGING: AtomicU64 = AtomicU64::new(0);
+    let tmp = dir.join(format!(
+        ".env-sbx-{}-{}.tmp",
+        std::process::id(),
+        STAGING.fetch_add(1, Ordering::Relaxed)
+    ));
     std::fs::copy(sbx, &tmp).map_err(|e| fail("copy", &e))?;
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))
         .map_err(|e| fail("chmod", &e))?;
@@ -416,6 +422,20 @@ mod tests {
         assert_eq!(std::fs::read(&staged).unwrap(), b"#!/bin/sh\n");
         // A second server reuses the same copy.
         assert_eq!(stage_sbx(&sbx, &root).unwrap(), staged);
+        // Backends staging at the same time (one process, fresh root) all get the copy.
+        let fresh = base.join("fresh");
+        std::fs::create_dir_all(&fresh).unwrap();
+        std::fs::set_permissions(&fresh, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let racers: Vec<_> = (0..6)
+            .map(|_| {
+                let (sbx, fresh) = (sbx.clone(), fresh.clone());
+                std::thread::spawn(move || stage_sbx(&sbx, &fresh))
+            })
+            .collect();
+        for racer in racers {
+            let path = racer.join().unwrap().unwrap();
+            assert_eq!(std::fs::read(&path).unwrap(), b"#!/bin/sh\n");
+        }
         // A staging directory others can write to is refused.
         std::fs::set_permissions(
             root.join(".openenv-rs-sbx"),

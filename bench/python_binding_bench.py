@@ -128,6 +128,20 @@ def timed_sync(step: Callable[[], object], steps: int, warmup: int) -> List[floa
     return samples
 
 
+async def timed_async(env: object, steps: int, warmup: int) -> List[float]:
+    """Resets `env`, runs `warmup` untimed steps, then times `steps` steps one by one."""
+    await env.reset()  # type: ignore[attr-defined]
+    for _ in range(warmup):
+        await env.step(ACTION)  # type: ignore[attr-defined]
+    clock = time.perf_counter_ns
+    samples = []
+    for _ in range(steps):
+        t0 = clock()
+        await env.step(ACTION)  # type: ignore[attr-defined]
+        samples.append((clock() - t0) / 1e3)
+    return samples
+
+
 def binding_sync(url: str, steps: int, warmup: int) -> List[float]:
     from openenv_rs import EnvClient
 
@@ -141,16 +155,7 @@ def binding_async(url: str, steps: int, warmup: int) -> List[float]:
 
     async def run() -> List[float]:
         async with AsyncEnvClient(url) as env:
-            await env.reset()
-            for _ in range(warmup):
-                await env.step(ACTION)
-            clock = time.perf_counter_ns
-            samples = []
-            for _ in range(steps):
-                t0 = clock()
-                await env.step(ACTION)
-                samples.append((clock() - t0) / 1e3)
-            return samples
+            return await timed_async(env, steps, warmup)
 
     return asyncio.run(run())
 
@@ -160,16 +165,7 @@ def official_async(url: str, steps: int, warmup: int) -> List[float]:
 
     async def run() -> List[float]:
         async with GenericEnvClient(base_url=url) as env:
-            await env.reset()
-            for _ in range(warmup):
-                await env.step(ACTION)
-            clock = time.perf_counter_ns
-            samples = []
-            for _ in range(steps):
-                t0 = clock()
-                await env.step(ACTION)
-                samples.append((clock() - t0) / 1e3)
-            return samples
+            return await timed_async(env, steps, warmup)
 
     return asyncio.run(run())
 

@@ -198,12 +198,8 @@ fn internal_error() -> Response {
         .into_response()
 }
 
-fn server_frame(frame: &ServerFrame) -> String {
-    frame_text(frame)
-}
-
 fn error_frame(data: ErrorData) -> String {
-    server_frame(&ServerFrame::Error(data))
+    frame_text(&ServerFrame::Error(data))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -406,7 +402,7 @@ fn observation(outcome: &StepOutcome) -> String {
 }
 
 fn env_error_text(err: EnvError) -> String {
-    server_frame(&env_error(err))
+    frame_text(&env_error(err))
 }
 
 /// Answers one parsed frame (not `close`) on a session's env with the text of the reply.
@@ -454,7 +450,7 @@ async fn respond(
             "Unknown message type: close",
         )),
     };
-    server_frame(&reply)
+    frame_text(&reply)
 }
 
 // ---------------------------------------------------------------------------------------------

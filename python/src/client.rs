@@ -84,6 +84,27 @@ impl Drop for Core {
 }
 
 impl Core {
+    /// A client built from a Python constructor's arguments (`connect_timeout`,
+    /// `request_timeout`, `keepalive_interval` in seconds), errors raised as Python exceptions.
+    fn from_args(
+        py: Python<'_>,
+        url: &str,
+        connect_timeout: f64,
+        request_timeout: Option<f64>,
+        keepalive_interval: Option<f64>,
+        max_message_bytes: usize,
+        class: &'static str,
+    ) -> PyResult<Self> {
+        config(
+            connect_timeout,
+            request_timeout,
+            keepalive_interval,
+            max_message_bytes,
+        )
+        .and_then(|config| Self::new(url, config, class))
+        .map_err(|failure| to_py_err(py, failure))
+    }
+
     /// A client for `url` that connects on first use.
     pub(crate) fn new(
         url: &str,
@@ -296,14 +317,15 @@ impl EnvClient {
         keepalive_interval: Option<f64>,
         max_message_bytes: usize,
     ) -> PyResult<Self> {
-        let core = config(
+        let core = Core::from_args(
+            py,
+            base_url,
             connect_timeout,
             request_timeout,
             keepalive_interval,
             max_message_bytes,
-        )
-        .and_then(|config| Core::new(base_url, config, "EnvClient"))
-        .map_err(|failure| to_py_err(py, failure))?;
+            "EnvClient",
+        )?;
         Ok(Self {
             core: Arc::new(core),
         })
@@ -448,14 +470,15 @@ impl AsyncEnvClient {
         keepalive_interval: Option<f64>,
         max_message_bytes: usize,
     ) -> PyResult<Self> {
-        let core = config(
+        let core = Core::from_args(
+            py,
+            base_url,
             connect_timeout,
             request_timeout,
             keepalive_interval,
             max_message_bytes,
-        )
-        .and_then(|config| Core::new(base_url, config, "AsyncEnvClient"))
-        .map_err(|failure| to_py_err(py, failure))?;
+            "AsyncEnvClient",
+        )?;
         Ok(Self::from_core(core))
     }
 

@@ -369,3 +369,44 @@ pub(crate) fn git_commit(repo: &Path) -> String {
         _ => head,
     }
 }
+
+/// Runs `cargo build` of `bins` in `packages` with the profile this executable was built with
+/// (the name of its directory: `release`, `debug` or a custom profile), a no-op when they are
+/// fresh, so a bench never measures a stale binary.
+pub(crate) fn cargo_build(
+    repo: &Path,
+    bin_dir: &Path,
+    packages: &[&str],
+    bins: &[&str],
+) -> anyhow::Result<()> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut command = Command::new(cargo);
+    command.current_dir(repo).args(["build", "--quiet"]);
+    for package in packages {
+        command.args(["-p", package]);
+    }
+    for bin in bins {
+        command.args(["--bin", bin]);
+    }
+    match bin_dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("release")
+    {
+        "debug" => {}
+        "release" => {
+            command.arg("--release");
+        }
+        other => {
+            command.args(["--profile", other]);
+        }
+    }
+    let status = command
+        .stdin(Stdio::null())
+        .status()
+        .context("cannot run cargo build")?;
+    if !status.success() {
+        bail!("cargo build of {} failed ({status})", bins.join(" and "));
+    }
+    Ok(())
+}

@@ -3,7 +3,7 @@
 //! in `<repo>/.venv-bench`), plus the official Python client's benchmark script.
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -72,35 +72,12 @@ impl Paths {
 /// Builds `env-server` and `floor-server` with the profile of this executable (a no-op when
 /// they are fresh), so the bench never measures a stale binary.
 pub(crate) fn build_servers(paths: &Paths) -> anyhow::Result<()> {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let profile = paths
-        .bin_dir
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("release")
-        .to_owned();
-    let mut command = Command::new(cargo);
-    command
-        .current_dir(&paths.repo)
-        .args(["build", "--quiet", "-p", "env-server", "-p", "env-bench"])
-        .args(["--bin", "env-server", "--bin", "floor-server"]);
-    match profile.as_str() {
-        "debug" => {}
-        "release" => {
-            command.arg("--release");
-        }
-        other => {
-            command.args(["--profile", other]);
-        }
-    }
-    let status = command
-        .stdin(Stdio::null())
-        .status()
-        .context("cannot run cargo build")?;
-    if !status.success() {
-        bail!("cargo build of env-server and floor-server failed ({status})");
-    }
-    Ok(())
+    crate::procs::cargo_build(
+        &paths.repo,
+        &paths.bin_dir,
+        &["env-server", "env-bench"],
+        &["env-server", "floor-server"],
+    )
 }
 
 /// Sets up the peer's venv with `bench/peer/setup.sh` (idempotent) and returns its python.

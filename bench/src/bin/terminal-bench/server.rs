@@ -5,10 +5,10 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
@@ -37,43 +37,17 @@ impl Paths {
             log_dir,
         })
     }
-
-    /// The profile this executable was built with (`release`, `debug`, …).
-    pub(crate) fn profile(&self) -> String {
-        self.bin_dir
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("release")
-            .to_owned()
-    }
 }
 
 /// Builds `env-server` and `env-sbx` with this executable's profile (a no-op when fresh), so
 /// the bench never measures a stale server.
 pub(crate) fn build(paths: &Paths) -> anyhow::Result<()> {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut command = Command::new(cargo);
-    command
-        .current_dir(&paths.repo)
-        .args(["build", "--quiet", "-p", "env-server"])
-        .args(["--bin", "env-server", "--bin", "env-sbx"]);
-    match paths.profile().as_str() {
-        "debug" => {}
-        "release" => {
-            command.arg("--release");
-        }
-        other => {
-            command.args(["--profile", other]);
-        }
-    }
-    let status = command
-        .stdin(Stdio::null())
-        .status()
-        .context("cannot run cargo build")?;
-    if !status.success() {
-        bail!("cargo build of env-server and env-sbx failed ({status})");
-    }
-    Ok(())
+    crate::procs::cargo_build(
+        &paths.repo,
+        &paths.bin_dir,
+        &["env-server"],
+        &["env-server", "env-sbx"],
+    )
 }
 
 /// The directory the server creates its sandboxes in, removed (with anything left in it)

@@ -74,7 +74,48 @@ pub struct ClientConfig {
     /// own default (128 KiB) costs about 10 µs of CPU per step. Larger messages still arrive
     /// whole, in several reads.
     pub read_buffer_bytes: usize,
+    /// Called with each new connection's TCP socket, right after the TCP connect and before
+    /// the WebSocket handshake. Default `None`. See [`SocketHook`].
+    pub on_socket: Option<SocketHook>,
 }
+
+/// A function told the raw file descriptor of each new connection's socket
+/// ([`ClientConfig::on_socket`]), for driving the client from a foreign event loop.
+///
+/// The client runs on whatever Tokio runtime polls it. A caller that runs a current-thread
+/// runtime only when its own event loop says there is work (the Python bindings tick one per
+/// asyncio loop) watches these sockets in that loop: a readable socket means a reply may be
+/// waiting. The hook runs on the thread that polls the connect; it must not close the
+/// descriptor, which the client owns.
+///
+/// Two hooks are equal when they are the same function object (`Arc::ptr_eq`).
+#[derive(Clone)]
+pub struct SocketHook(Arc<dyn Fn(std::os::fd::RawFd) + Send + Sync>);
+
+impl SocketHook {
+    /// A hook that calls `f` with each new socket's file descriptor.
+    pub fn new(f: impl Fn(std::os::fd::RawFd) + Send + Sync + 'static) -> Self {
+        Self(Arc::new(f))
+    }
+
+    fn call(&self, fd: std::os::fd::RawFd) {
+        (self.0)(fd);
+    }
+}
+
+impl std::fmt::Debug for SocketHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SocketHook(..)")
+    }
+}
+
+impl PartialEq for SocketHook {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for SocketHook {}
 
 impl Default for ClientConfig {
     fn default() -> Self {
@@ -84,6 +125,7 @@ impl Default for ClientConfig {
             max_message_bytes: 100 * 1024 * 1024,
             keepalive_interval: Some(Duration::from_secs(5)),
             read_buffer_bytes: DEFAULT_READ_BUFFER_BYTES,
+            on_socket: None,
         }
     }
 }
@@ -121,6 +163,13 @@ impl ClientConfig {
     #[must_use]
     pub fn with_read_buffer_bytes(mut self, bytes: usize) -> Self {
         self.read_buffer_bytes = bytes;
+        self
+    }
+
+    /// Sets [`ClientConfig::on_socket`].
+    #[must_use]
+    pub fn with_on_socket(mut self, hook: Option<SocketHook>) -> Self {
+        self.on_socket = hook;
         self
     }
 
@@ -260,6 +309,9 @@ impl EnvClient {
             .map_err(|err| connect_error(err.into()))?;
             tcp.set_nodelay(true)
                 .map_err(|err| connect_error(err.into()))?;
+            if let Some(hook) = &config.on_socket {
+                hook.call(std::os::fd::AsRawFd::as_raw_fd(&tcp));
+            }
             let (ws, _response) =
                 tokio_tungstenite::client_async_with_config(ws_url.as_str(), tcp, Some(ws_config))
                     .await

@@ -13,6 +13,6 @@ pub mod error;
 pub mod pool;
 pub mod protocol;
 
-pub use client::{ClientConfig, EnvClient, StepResult, ToolCall};
+pub use client::{ClientConfig, EnvClient, SocketHook, StepResult, ToolCall};
 pub use error::ClientError;
 pub use pool::{Pool, PooledClient, ServerSlots};

@@ -696,6 +696,39 @@ async fn a_reply_many_times_the_read_buffer_arrives_whole() {
 }
 
 #[tokio::test]
+async fn the_socket_hook_is_told_the_connection_socket() {
+    let (url, server) = serve_one(move |mut ws| async move {
+        recv_text(&mut ws).await;
+        ws.send(Message::text(crate::support::observation("ok", 1)))
+            .await
+            .unwrap();
+        drain(&mut ws).await;
+    })
+    .await;
+    let seen: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+    let record = Arc::clone(&seen);
+    let hook = env_client::SocketHook::new(move |fd| {
+        // What the descriptor is, while the client holds it open.
+        let target = std::fs::read_link(format!("/proc/self/fd/{fd}")).unwrap();
+        record
+            .lock()
+            .unwrap()
+            .push(target.to_string_lossy().into_owned());
+    });
+    let config = quiet().with_on_socket(Some(hook.clone()));
+    assert_eq!(config, quiet().with_on_socket(Some(hook)));
+    assert_ne!(config, quiet());
+    let client = EnvClient::connect_with(&url, config).await.unwrap();
+    let step = client.step(map(json!({"message": "x"}))).await.unwrap();
+    assert_eq!(step.observation.get("echoed_message"), Some(&json!("ok")));
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1, "one connection, one call: {seen:?}");
+    assert!(seen[0].starts_with("socket:["), "{seen:?}");
+    drop(client);
+    finish(server).await;
+}
+
+#[tokio::test]
 async fn a_tiny_read_buffer_is_an_invalid_config() {
     let config = ClientConfig::default().with_read_buffer_bytes(16);
     let err = EnvClient::connect_with("ws://127.0.0.1:9/ws", config)

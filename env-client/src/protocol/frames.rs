@@ -76,7 +76,10 @@ pub enum ServerFrame {
 
 /// A reward as an environment produced it. `/ws` sends it as-is (`1` stays `1`, `true` stays
 /// `true`); a non-finite float is sent as `null` (serde_json writes non-finite `f64` as `null`).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+///
+/// Read straight from the JSON token (no buffering, no trial parses): an integer that does
+/// not fit `i64` becomes a float, as it did under serde's untagged matching.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum Reward {
     /// A boolean reward (`true` counts as 1.0).
@@ -96,6 +99,39 @@ impl Reward {
             Self::Int(i) => i as f64,
             Self::Float(f) => f,
         }
+    }
+}
+
+impl<'de> Deserialize<'de> for Reward {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct RewardVisitor;
+
+        impl serde::de::Visitor<'_> for RewardVisitor {
+            type Value = Reward;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a reward: a boolean or a number")
+            }
+
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Reward, E> {
+                Ok(Reward::Bool(v))
+            }
+
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Reward, E> {
+                Ok(Reward::Int(v))
+            }
+
+            #[allow(clippy::cast_precision_loss)]
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Reward, E> {
+                Ok(i64::try_from(v).map_or(Reward::Float(v as f64), Reward::Int))
+            }
+
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Reward, E> {
+                Ok(Reward::Float(v))
+            }
+        }
+
+        deserializer.deserialize_any(RewardVisitor)
     }
 }
 

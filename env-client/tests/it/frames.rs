@@ -80,6 +80,35 @@ fn both_envelope_generations_parse() {
 }
 
 #[test]
+fn rewards_read_every_json_number_and_refuse_the_rest() {
+    for (text, expected) in [
+        ("-7", Reward::Int(-7)),
+        ("9223372036854775807", Reward::Int(i64::MAX)),
+        // Beyond i64: a float, as serde's untagged matching gave.
+        (
+            "18446744073709551615",
+            Reward::Float(18_446_744_073_709_551_615.0),
+        ),
+        ("-0.25", Reward::Float(-0.25)),
+        ("1e3", Reward::Float(1000.0)),
+        ("false", Reward::Bool(false)),
+    ] {
+        assert_eq!(
+            serde_json::from_str::<Reward>(text).unwrap(),
+            expected,
+            "{text}"
+        );
+    }
+    for text in [r#""1""#, "[1]", r#"{"value":1}"#] {
+        let err = serde_json::from_str::<Reward>(text).unwrap_err();
+        assert!(
+            err.to_string().contains("a boolean or a number"),
+            "{text}: {err}"
+        );
+    }
+}
+
+#[test]
 fn verify_frame_round_trips() {
     let text = r#"{"type":"verify","data":{"reward":1.0,"done":true,"details":{"step_count":2}}}"#;
     let frame: ServerFrame = serde_json::from_str(text).unwrap();

@@ -12,6 +12,7 @@
 //! which still uses them.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -21,7 +22,7 @@ use env_client::{ClientConfig, ClientError, PooledClient, StepResult, ToolCall};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 
-use crate::bridge::awaitable;
+use crate::bridge::{awaitable, polling_driver, socket_hook};
 use crate::convert;
 use crate::errors::{Failure, to_py_err};
 use crate::results::{Reply, ToPython, ToolCallFull, ToolValue, Tools};
@@ -67,6 +68,9 @@ pub(crate) struct Core {
     slot: Mutex<Slot>,
     /// Serialises the lazy connect, so concurrent first calls open one connection.
     connecting: tokio::sync::Mutex<()>,
+    /// The driver (one per thread, `bridge.rs`) whose poll watches the connection; 0 for a
+    /// blocking client's, which runs on the process runtime.
+    home: AtomicU64,
 }
 
 impl Drop for Core {
@@ -118,11 +122,12 @@ impl Core {
             what,
             slot: Mutex::new(Slot::Unopened),
             connecting: tokio::sync::Mutex::new(()),
+            home: AtomicU64::new(0),
         })
     }
 
-    /// A client over a session already opened by a pool.
-    pub(crate) fn pooled(client: PooledClient, config: ClientConfig) -> Self {
+    /// A client over a session a pool opened on the driver `home` (`None`: none).
+    pub(crate) fn pooled(client: PooledClient, config: ClientConfig, home: Option<u64>) -> Self {
         Self {
             url: client.url().to_owned(),
             config,
@@ -130,6 +135,18 @@ impl Core {
             what: "pooled AsyncEnvClient",
             slot: Mutex::new(Slot::Open(Arc::new(Session::Pooled(client)))),
             connecting: tokio::sync::Mutex::new(()),
+            home: AtomicU64::new(home.unwrap_or(0)),
+        }
+    }
+
+    /// Fails when the connection belongs to another thread's driver than the one polling
+    /// now: only the loops of its own thread are woken by its socket.
+    fn check_loop(&self) -> Result<(), Failure> {
+        let home = self.home.load(Ordering::Acquire);
+        if home == 0 || polling_driver() == Some(home) {
+            Ok(())
+        } else {
+            Err(Failure::OtherThread { what: self.what })
         }
     }
 
@@ -160,10 +177,12 @@ impl Core {
     /// The session, connecting first if needed.
     pub(crate) async fn session(&self) -> Result<Arc<Session>, Failure> {
         self.check_pid()?;
+        self.check_loop()?;
         if let Some(session) = self.current()? {
             return Ok(session);
         }
         let _connecting = self.connecting.lock().await;
+        self.check_loop()?;
         if let Some(session) = self.current()? {
             return Ok(session);
         }
@@ -175,6 +194,9 @@ impl Core {
             Slot::Open(existing) => Ok(Arc::clone(existing)),
             Slot::Unopened => {
                 *slot = Slot::Open(Arc::clone(&session));
+                if let Some(driver) = polling_driver() {
+                    self.home.store(driver, Ordering::Release);
+                }
                 Ok(session)
             }
         }
@@ -184,6 +206,7 @@ impl Core {
     /// does nothing.
     pub(crate) async fn close(&self) -> Result<(), Failure> {
         self.check_pid()?;
+        self.check_loop()?;
         let previous = std::mem::replace(&mut *self.lock(), Slot::Closed);
         if let Slot::Open(session) = previous {
             session.client().shutdown().await?;
@@ -267,7 +290,8 @@ pub(crate) fn config(
                 .map(|t| seconds("keepalive_interval", t))
                 .transpose()?,
         )
-        .with_max_message_bytes(max_message_bytes))
+        .with_max_message_bytes(max_message_bytes)
+        .with_on_socket(Some(socket_hook())))
 }
 
 /// Runs `fut` to completion on the process runtime with the interpreter released, and

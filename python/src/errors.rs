@@ -37,6 +37,11 @@ pub(crate) enum Failure {
     Runtime(std::io::Error),
     /// A sync call was made from a thread of a Tokio runtime, where it cannot block.
     InsideRuntime,
+    /// An async client was used from another thread than the one that opened it.
+    OtherThread {
+        /// What the object is (`AsyncEnvClient`, pooled `AsyncEnvClient`).
+        what: &'static str,
+    },
     /// A task panicked (a bug); its awaitable raises instead of hanging.
     Panic(String),
 }
@@ -376,6 +381,15 @@ fn build(py: Python<'_>, failure: Failure) -> PyResult<PyErr> {
             "a blocking EnvClient call was made from a Tokio runtime thread; use \
              AsyncEnvClient there"
                 .to_owned(),
+            vec![],
+        ),
+        Failure::OtherThread { what } => raise(
+            py,
+            &ex.base,
+            format!(
+                "this {what} is driven by the event loops of the thread that opened it and \
+                 cannot be used from another thread; open one client per thread"
+            ),
             vec![],
         ),
     }

@@ -41,11 +41,13 @@ impl Pool {
 struct Acquired {
     client: PooledClient,
     config: ClientConfig,
+    /// The driver that opened the connection.
+    home: Option<u64>,
 }
 
 impl ToPython for Acquired {
     fn to_python(self, py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
-        let client = AsyncEnvClient::from_core(Core::pooled(self.client, self.config));
+        let client = AsyncEnvClient::from_core(Core::pooled(self.client, self.config, self.home));
         Ok(Bound::new(py, client)?.into_any())
     }
 }
@@ -127,7 +129,11 @@ impl Pool {
         awaitable(py, async move {
             pool.acquire()
                 .await
-                .map(|client| Acquired { client, config })
+                .map(|client| Acquired {
+                    client,
+                    config,
+                    home: crate::bridge::polling_driver(),
+                })
                 .map_err(Failure::from)
         })
     }

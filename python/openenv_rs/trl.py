@@ -38,7 +38,7 @@ from ._native import (
 )
 from .terminus.harness import build_reset_kwargs, format_initial_prompt
 
-__all__ = ["TRL_USAGE", "TerminalEnv", "server_reward", "terminal_env_factory"]
+__all__ = ["TRL_USAGE", "TRL_VERIFY_HEADING", "TerminalEnv", "server_reward", "terminal_env_factory"]
 
 #: The last part of the initial prompt for TRL rollouts (no ``final_answer``: the rollout
 #: ends when the model stops calling tools, and the episode is then verified).
@@ -47,6 +47,10 @@ TRL_USAGE = (
     "stop calling tools and reply with a short summary: your work is then verified and "
     "scored by the environment."
 )
+
+#: The heading of the verify commands in a TRL rollout's prompt (there is no
+#: ``final_answer``: the episode is verified when the model stops calling tools).
+TRL_VERIFY_HEADING = "Verification commands will run when you stop calling tools:"
 
 #: Dataset columns forwarded to the server's ``reset`` as they are, besides the ones
 #: :func:`~openenv_rs.terminus.build_reset_kwargs` takes.
@@ -116,7 +120,12 @@ class TerminalEnv:
             meta = result.metadata or result.observation.get("metadata") or {}
             why = meta.get("error") or meta.get("message") or "the episode ended at reset"
             raise OpenEnvError(f"terminal env reset failed: {why}")
-        return format_initial_prompt(result, task, usage=TRL_USAGE)
+        text = format_initial_prompt(
+            result, task, usage=TRL_USAGE, verify_heading=TRL_VERIFY_HEADING
+        )
+        # TRL appends this text to the row's last message as it is: keep a blank line
+        # between that message and the task.
+        return "\n\n" + text if _last_content(kwargs.get("prompt")) else text
 
     def terminal(self, command: str) -> str:
         """Run a shell command in the task's sandbox and return its output.
@@ -193,6 +202,15 @@ class TerminalEnv:
 
     def __repr__(self) -> str:
         return f"TerminalEnv(url={self._url!r}, done={self._done})"
+
+
+def _last_content(prompt: Any) -> str:
+    """The text of a conversational prompt's last message ("" when there is none)."""
+    if isinstance(prompt, list) and prompt and isinstance(prompt[-1], Mapping):
+        content = prompt[-1].get("content")
+        if isinstance(content, str):
+            return content
+    return ""
 
 
 def terminal_env_factory(

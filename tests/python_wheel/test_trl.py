@@ -14,7 +14,13 @@ from typing import Any, Callable, Dict, List
 import pytest
 
 from openenv_rs import OpenEnvError
-from openenv_rs.trl import TRL_USAGE, TerminalEnv, server_reward, terminal_env_factory
+from openenv_rs.trl import (
+    TRL_USAGE,
+    TRL_VERIFY_HEADING,
+    TerminalEnv,
+    server_reward,
+    terminal_env_factory,
+)
 
 
 def trl_tools(instance: Any) -> List[Callable[..., Any]]:
@@ -98,11 +104,12 @@ def test_episode_on_a_fake_terminal_server(fake_terminal) -> None:
     sent = fake_terminal.handler.resets
     assert sent[0] == {"verify": ["test -f answer.txt"], "seed": 1}
     assert sent[1] == {"instruction": "Create a and b.", "verify": ["test -f a", "test -f b"]}
-    assert prompt == "\n\n".join([
+    # TRL appends the text to the row's user message: it starts with a blank line.
+    assert prompt == "\n\n" + "\n\n".join([
         "Task:\nUse the terminal tool to solve the current task.",
         "Environment:\nTerminus environment ready. Use terminal(command=...) to work. "
         "Verify commands registered: 1.",
-        "Verification commands will run after final_answer:\n- test -f answer.txt",
+        f"{TRL_VERIFY_HEADING}\n- test -f answer.txt",
         TRL_USAGE,
     ])
     assert envs[0].terminal("cat answer.txt") == ""
@@ -160,10 +167,13 @@ def test_real_terminal_env(terminal_server) -> None:
         prompt=[{"role": "user", "content": "Write 42 to answer.txt"}],
         verify=['test "$(cat answer.txt)" = 42'],
     )
-    assert "Verification commands will run after final_answer:" in prompt
+    assert prompt.startswith("\n\nTask:\n")
+    assert f"{TRL_VERIFY_HEADING}\n- test \"$(cat answer.txt)\" = 42" in prompt
+    assert "final_answer" not in prompt
     assert env.last_reset is not None and env.last_reset.metadata["status"] == "ready"
     assert env.terminal("echo 42 > answer.txt && cat answer.txt") == "42"
     assert env.get_reward() == 1.0
-    env.reset(verify=["test -f nothing-here"])
+    # No prompt column (or an empty last message): nothing to keep apart from.
+    assert env.reset(verify=["test -f nothing-here"]).startswith("Task:\n")
     assert env.terminal("true") == "(no output)"
     assert env.get_reward() == 0.0

@@ -213,10 +213,20 @@ def _bullets(title: str, commands: Sequence[str]) -> str:
     return title + "\n" + "\n".join(f"- {command}" for command in commands)
 
 
-def format_initial_prompt(reset_result: Any, task: Any, *, usage: str = TERMINUS_USAGE) -> str:
+#: The heading of the verify commands in the initial prompt (§9.3 part 4).
+VERIFY_HEADING = "Verification commands will run after final_answer:"
+
+
+def format_initial_prompt(
+    reset_result: Any,
+    task: Any,
+    *,
+    usage: str = TERMINUS_USAGE,
+    verify_heading: str = VERIFY_HEADING,
+) -> str:
     """The first user message of a Terminus episode (§9.3), parts joined by a blank line:
     the task, the environment's reset message, the task's setup commands, the verify
-    commands, and ``usage``."""
+    commands (under ``verify_heading``), and ``usage``."""
     meta = _metadata(reset_result)
     instruction = task_instruction(task)
     if not instruction:
@@ -234,7 +244,7 @@ def format_initial_prompt(reset_result: Any, task: Any, *, usage: str = TERMINUS
     if not commands and isinstance(task, Mapping):
         commands = _task_commands(task, "verify") or []
     if commands:
-        parts.append(_bullets("Verification commands will run after final_answer:", commands))
+        parts.append(_bullets(verify_heading, commands))
     parts.append(usage)
     return "\n\n".join(parts)
 

@@ -1,7 +1,7 @@
 //! `EnvClient` (blocking) and `AsyncEnvClient` (asyncio): one WebSocket session each,
 //! wrapping [`env_client::EnvClient`]. Both hold a [`Core`]; the sync methods run its futures
 //! with `block_on` on the process runtime with the interpreter released (`py.detach`), the
-//! async ones return asyncio futures resolved from the runtime (`bridge.rs`).
+//! async ones return asyncio futures driven on the event loop's thread (`bridge.rs`).
 //!
 //! A client connects on first use (or `connect()`, `with`, `async with`), as OpenEnv's
 //! clients do, and cannot be reopened after `close()`.
@@ -460,7 +460,8 @@ impl EnvClient {
 }
 
 /// An asyncio client: one WebSocket session to an OpenEnv server; every method returns an
-/// awaitable. Runs on the process's Tokio runtime, not on the event loop's thread.
+/// awaitable. Driven on the event loop's own thread (`bridge.rs`); it belongs to the thread
+/// that opened it, whose successive event loops may all use it.
 #[pyclass(frozen, module = "openenv_rs")]
 pub struct AsyncEnvClient {
     core: Arc<Core>,

@@ -9,8 +9,9 @@
 //!   the one conversion of a Rust result into a Python value or exception;
 //! - [`errors`]: the exception hierarchy and the one function that maps every failure;
 //! - [`convert`]: Python objects ↔ JSON values;
-//! - [`runtime`]: the process's Tokio runtime, rebuilt in a forked child;
-//! - [`bridge`]: asyncio awaitables for the runtime's futures.
+//! - [`runtime`]: the process's Tokio runtime (the blocking client's), rebuilt in a forked
+//!   child;
+//! - [`bridge`]: asyncio awaitables, driven on the event loop's thread.
 //!
 //! Architecture invariant: the bindings speak no protocol of their own; every frame is built
 //! and parsed by `env_client`. The Python package around this module (`openenv_rs/`) adds

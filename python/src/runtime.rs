@@ -6,7 +6,9 @@
 //! with the pid that built it and builds a fresh one when the pid differs, leaking the
 //! parent's (its threads do not exist here; dropping it would try to join them).
 //!
-//! Both APIs use it: the sync one with `block_on`, the async one by spawning tasks
+//! The blocking `EnvClient` uses it (`block_on`), and its worker threads run the keepalive
+//! tasks that answer the server's pings while the trainer does something else. The asyncio
+//! client does not: it runs on a current-thread runtime of its event loop's thread
 //! (`bridge.rs`).
 //!
 //! Clients check their owner pid themselves (`client.rs`): a connection opened before the

@@ -21,34 +21,10 @@ from typing import Any, Dict, List
 import pytest
 
 import trl_grpo_terminal as example
-from conftest import TAUGHT_COMMAND, Server
+from _expected import TERMINAL_SCHEMA
+from conftest import TAUGHT_COMMAND, TerminalServer
 
 from openenv_rs.trl import TerminalEnv, terminal_env_factory
-
-#: The schema `transformers.utils.get_json_schema` makes of `TerminalEnv.terminal`.
-TERMINAL_SCHEMA = {
-    "type": "function",
-    "function": {
-        "name": "terminal",
-        "description": "Run a shell command in the task's sandbox and return its output.",
-        "parameters": {
-            "type": "object",
-            "properties": {
-                "command": {
-                    "type": "string",
-                    "description": "The shell command to run with bash, e.g. `ls -la` or "
-                    "`python3 main.py`.",
-                },
-            },
-            "required": ["command"],
-        },
-        "return": {
-            "type": "string",
-            "description": "The command's output: stdout, then stderr, then `ERROR:` and the "
-            "exit code if it failed.",
-        },
-    },
-}
 
 
 def trainer_for(model: Path, url: str, dataset: Any, tmp_path: Path, **config: Any):
@@ -109,7 +85,7 @@ def rewards_by_task(trainer: Any, tasks: Dict[str, str]) -> Dict[str, List[float
     return out
 
 
-def test_grpo_step_with_server_rewards(terminal_server: Server, tiny_model: Path,
+def test_grpo_step_with_server_rewards(terminal_server: TerminalServer, tiny_model: Path,
                                        tmp_path: Path) -> None:
     """A random model: the rewards are the server's verdicts on untouched sandboxes, different
     per task, and each of the 6 rollouts (3 tasks x 2 generations) is one episode."""
@@ -130,7 +106,7 @@ def test_grpo_step_with_server_rewards(terminal_server: Server, tiny_model: Path
     assert summary["rewards"] == [pytest.approx(1 / 3)]
 
 
-def test_grpo_step_with_a_tool_calling_model(terminal_server: Server, taught_model: Path,
+def test_grpo_step_with_a_tool_calling_model(terminal_server: TerminalServer, taught_model: Path,
                                              tmp_path: Path) -> None:
     """The taught model calls `terminal(TAUGHT_COMMAND)`: TRL runs it in each rollout's own
     sandbox, and the verifier rewards the task it satisfies (answer 42), not the other (43)."""

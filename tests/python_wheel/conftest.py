@@ -9,10 +9,7 @@ values (skipped with the reason until then).
 
 from __future__ import annotations
 
-import os
 import re
-import select
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -24,13 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _fakes import BrokenFramingServer, FakeTerminal, WsServer, no_verify, silent  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[2]
-READY_RE = re.compile(r"^env-server listening on 127\.0\.0\.1:(\d+)$")
-READY_TIMEOUT_S = 20.0
-
-
-def server_binary() -> Path:
-    return Path(os.environ.get("ENV_SERVER_BIN", REPO / "target" / "debug" / "env-server"))
+from _server import Server, require_binary, server_binary  # noqa: E402
 
 
 def served_envs() -> List[str]:
@@ -58,72 +49,11 @@ def pytest_report_header(config: pytest.Config) -> List[str]:
     ]
 
 
-class Server:
-    """One `env-server serve` process started by a test; stopped by PID at teardown."""
-
-    def __init__(self, argv: List[str], log: Path) -> None:
-        self.argv = argv
-        self._log = open(log, "wb")
-        self.log_path = log
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith("ENV_SERVER_") and k != "MAX_CONCURRENT_ENVS"}
-        self.proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self._log,
-            env=env, start_new_session=True,
-        )
-        self.port = self._wait_ready()
-
-    def _wait_ready(self) -> int:
-        assert self.proc.stdout is not None
-        fd = self.proc.stdout.fileno()
-        buf = b""
-        while b"\n" not in buf:
-            readable, _, _ = select.select([fd], [], [], READY_TIMEOUT_S)
-            if not readable:
-                self.stop()
-                pytest.fail(f"env-server did not start: {self.argv}\n{self.stderr()}")
-            chunk = os.read(fd, 4096)
-            if not chunk:
-                self.stop()
-                pytest.fail(f"env-server exited at start: {self.argv}\n{self.stderr()}")
-            buf += chunk
-        line = buf.split(b"\n", 1)[0].decode()
-        match = READY_RE.match(line)
-        if match is None:
-            self.stop()
-            pytest.fail(f"unexpected first line {line!r} from {self.argv}")
-        return int(match.group(1))
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def stderr(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-3000:]
-        except OSError:
-            return ""
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-        self._log.close()
-
-
 @pytest.fixture
 def start_server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
     """Starts `env-server serve --env <env> [flags…]`; every server is stopped at teardown."""
     started: List[Server] = []
-    binary = server_binary()
-    if not binary.is_file():
-        pytest.fail(f"{binary} is missing: run `cargo build -p env-server` (or set ENV_SERVER_BIN)")
+    binary = require_binary()
 
     def start(*flags: str, env: str = "echo") -> Server:
         argv = [str(binary), "serve", "--env", env, "--host", "127.0.0.1", "--port", "0", *flags]

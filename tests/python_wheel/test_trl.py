@@ -13,6 +13,7 @@ from typing import Any, Callable, Dict, List
 
 import pytest
 
+from _expected import TERMINAL_SCHEMA
 from openenv_rs import OpenEnvError
 from openenv_rs.trl import (
     TRL_USAGE,
@@ -44,33 +45,7 @@ def test_tools_and_schema_as_trl_derives_them() -> None:
     assert [tool.__name__ for tool in tools] == ["terminal"]
     assert inspect.iscoroutinefunction(env.get_reward) is False
     schema = get_json_schema(tools[0])
-    assert schema == {
-        "type": "function",
-        "function": {
-            "name": "terminal",
-            "description": "Run a shell command in the task's sandbox and return its output.",
-            "parameters": {
-                "type": "object",
-                "properties": {
-                    "command": {
-                        "type": "string",
-                        "description": (
-                            "The shell command to run with bash, e.g. `ls -la` or "
-                            "`python3 main.py`."
-                        ),
-                    }
-                },
-                "required": ["command"],
-            },
-            "return": {
-                "type": "string",
-                "description": (
-                    "The command's output: stdout, then stderr, then `ERROR:` and the exit "
-                    "code if it failed."
-                ),
-            },
-        },
-    }
+    assert schema == TERMINAL_SCHEMA
 
 
 def test_factory_round_robin() -> None:

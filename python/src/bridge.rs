@@ -147,7 +147,7 @@ struct TickCallback {
 #[pymethods]
 impl TickCallback {
     fn __call__(&self, py: Python<'_>) -> PyResult<()> {
-        // Another thread's or process's driver (a loop run on several threads): not ours.
+        // Another thread's driver (a loop run on several threads), or the parent's: not ours.
         let Some(driver) = find(self.driver) else {
             return Ok(());
         };
@@ -399,9 +399,15 @@ impl Driver {
     }
 }
 
-/// This thread's driver, if its id is `id`.
+/// This thread's driver, if its id is `id` and it is this process's (a loop that goes on
+/// running in a child of `fork()` must not turn the parent's runtime).
 fn find(id: u64) -> Option<Rc<Driver>> {
-    DRIVER.with_borrow(|driver| driver.as_ref().filter(|d| d.id == id).cloned())
+    DRIVER.with_borrow(|driver| {
+        driver
+            .as_ref()
+            .filter(|d| d.id == id && d.pid == std::process::id())
+            .cloned()
+    })
 }
 
 /// This thread's driver, made on first use, attached to `event_loop`.

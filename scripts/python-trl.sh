@@ -9,7 +9,7 @@
 # and every other package at the version in scripts/python-trl.constraints.txt (a verified
 # `pip freeze`). PyPI's Linux torch wheel depends on the CUDA libraries (nvidia-* packages,
 # ~3 GB of downloads; `import torch` fails without them even on a machine with no GPU), so the
-# venv takes ~5.9 GB on disk and ~3 min to install from an empty pip cache.
+# venv takes ~5.9 GB on disk and ~3 min to install (downloaded without a pip cache).
 #
 # Idempotent and fast when nothing changed: the packages are stamped by the pins, the
 # constraints and the interpreter; the wheel is scripts/python-wheel.sh's (which rebuilds it
@@ -64,9 +64,16 @@ if [ "$force" = 1 ] || [ ! -x "$py" ] || [ ! -f "$pkg_stamp" ] || [ "$(cat "$pkg
         "$python" -m venv "$venv"
     fi
     rm -f "$pkg_stamp" "$venv/.openenv-rs-trl-wheel.sha256"
+    # The venv takes ~6 GB; say so up front rather than let pip fail half-way.
+    free_kib="$(df -Pk "$venv" | awk 'NR == 2 { print $4 }')"
+    if [ -n "$free_kib" ] && [ "$free_kib" -lt $((7 * 1024 * 1024)) ]; then
+        die "installing torch and TRL needs about 7 GB free under $venv; $((free_kib / 1024)) MiB are"
+    fi
     log "installing ${PINS[*]} (with their dependencies: the CUDA libraries torch needs, ~3 GB)"
     start=$SECONDS
-    "$py" -m pip install --quiet --disable-pip-version-check --no-input -c "$constraints" "${PINS[@]}"
+    # No pip cache: it would keep a second copy of the ~3 GB of wheels.
+    "$py" -m pip install --quiet --disable-pip-version-check --no-input --no-cache-dir \
+        -c "$constraints" "${PINS[@]}"
     "$py" -c 'import torch, trl, transformers, datasets, accelerate, pytest' \
         || die "the packages do not import after installing them"
     log "packages installed in $((SECONDS - start)) s; venv size $(du -sh "$venv" | cut -f1)"

@@ -225,8 +225,10 @@ def train(
     temperature: float = 1.0,
     seed: int = 0,
 ):
-    """Runs ``GRPOTrainer(environment_factory=terminal_env_factory(server))`` on CPU; returns
-    the trainer (``trainer.state.log_history`` has the per-step rewards)."""
+    """Runs ``GRPOTrainer(environment_factory=terminal_env_factory(server))`` (on the GPU if
+    there is one, else on CPU); returns the trainer (``trainer.state.log_history`` has the
+    per-step rewards)."""
+    import torch
     from trl import GRPOConfig, GRPOTrainer
 
     from openenv_rs.trl import terminal_env_factory
@@ -240,8 +242,8 @@ def train(
         max_tool_calling_iterations=max_tool_calling_iterations,
         temperature=temperature,
         learning_rate=1e-4,
-        use_cpu=True,
-        bf16=False,
+        use_cpu=not torch.cuda.is_available(),
+        bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
         logging_steps=1,
         save_strategy="no",
         report_to="none",

@@ -330,12 +330,7 @@ struct WsHandler {
 impl FrameHandler for WsHandler {
     fn on_text(&mut self, text: &str) -> Handled {
         let frame = match parse_client_frame(text) {
-            Ok(ClientFrame::Close) => {
-                return Handled::Reply(Outgoing {
-                    frame: None,
-                    close: Some((1000, String::new())),
-                });
-            }
+            Ok(ClientFrame::Close) => return Handled::Reply(Outgoing::close_requested()),
             Ok(frame) => frame,
             Err(err) => {
                 let reply = error_frame(err.to_error_data());

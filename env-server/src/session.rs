@@ -350,6 +350,9 @@ pub struct Outgoing {
     pub frame: Option<String>,
     /// Close the socket with this code and reason after the frame.
     pub close: Option<(u16, String)>,
+    /// The client asked for the close (`{"type":"close"}`): the session ends as
+    /// [`Ended::Peer`], not [`Ended::Server`].
+    pub requested: bool,
 }
 
 impl Outgoing {
@@ -358,6 +361,7 @@ impl Outgoing {
         Self {
             frame: Some(text),
             close: None,
+            requested: false,
         }
     }
 
@@ -366,6 +370,26 @@ impl Outgoing {
         Self {
             frame: Some(text),
             close: Some((1000, String::new())),
+            requested: false,
+        }
+    }
+
+    /// Close 1000 with no frame, as the client asked (`{"type":"close"}`).
+    pub fn close_requested() -> Self {
+        Self {
+            frame: None,
+            close: Some((1000, String::new())),
+            requested: true,
+        }
+    }
+
+    /// Who ends the session if sending this ends it: the server when it closes on its own
+    /// account, else the peer (it asked to close, or the send failed because it is gone).
+    fn ender(&self) -> Ended {
+        if self.close.is_some() && !self.requested {
+            Ended::Server
+        } else {
+            Ended::Peer
         }
     }
 }
@@ -526,9 +550,9 @@ where
                     },
                 },
             };
-            let closing = out.close.is_some();
+            let ender = out.ender();
             if !emit(&mut socket, out, &limits).await {
-                break 'session if closing { Ended::Server } else { Ended::Peer };
+                break 'session ender;
             }
         }
 
@@ -546,9 +570,9 @@ where
             out = poll_inflight(&mut inflight), if inflight.is_some() => {
                 inflight = None;
                 registry.touch(&session);
-                let closing = out.close.is_some();
+                let ender = out.ender();
                 if !emit(&mut socket, out, &limits).await {
-                    break if closing { Ended::Server } else { Ended::Peer };
+                    break ender;
                 }
             }
             msg = socket.next(), if queue.len() < max_pending => {

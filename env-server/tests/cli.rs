@@ -1,5 +1,6 @@
 //! The `env-server` binary as a user runs it: `--help` (snapshot: every limit with its flag,
-//! variable and default), the peer's variable alias, and SIGTERM with live sessions.
+//! variable and default), the peer's variable alias, the session log, and SIGTERM with live
+//! sessions.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
@@ -34,12 +35,16 @@ struct Server {
 
 impl Server {
     fn spawn(args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::spawn_with_stderr(args, env, Stdio::null())
+    }
+
+    fn spawn_with_stderr(args: &[&str], env: &[(&str, &str)], stderr: Stdio) -> Self {
         let mut cmd = clean_command();
         cmd.arg("serve")
             .args(["--env", "echo", "--port", "0"])
             .args(args)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null());
+            .stderr(stderr);
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -256,6 +261,70 @@ async fn max_concurrent_envs_is_read_as_an_alias() {
         refusal.contains(r#""code":"CAPACITY_REACHED","active_sessions":1,"max_sessions":1"#),
         "{refusal}"
     );
+}
+
+/// The text of a log, without its colour codes.
+fn plain(log: &str) -> String {
+    let mut out = String::with_capacity(log.len());
+    let mut chars = log.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // Skip `ESC [ ... m`.
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn the_session_log_says_who_ended_each_session() {
+    let path = std::env::temp_dir().join(format!("env-server-cli-{}.log", std::process::id()));
+    let file = std::fs::File::create(&path).unwrap();
+    let server = Server::spawn_with_stderr(&[], &[("RUST_LOG", "info")], Stdio::from(file));
+
+    // The client asks to close: the peer ended it.
+    let mut ws = open(&server.addr).await;
+    ws.send(Message::Text(r#"{"type":"close"}"#.into()))
+        .await
+        .unwrap();
+    let Message::Close(Some(frame)) = next_text_or_close(&mut ws).await else {
+        panic!("no close frame")
+    };
+    assert_eq!(u16::from(frame.code), 1000);
+    // A binary frame: the server ends the session on its own account (an error, close 1000).
+    let mut ws = open(&server.addr).await;
+    ws.send(Message::Binary(vec![1_u8, 2, 3].into()))
+        .await
+        .unwrap();
+    loop {
+        if let Message::Close(_) = next_text_or_close(&mut ws).await {
+            break;
+        }
+    }
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let ended = loop {
+        let log = plain(&std::fs::read_to_string(&path).unwrap());
+        let ended: Vec<String> = log
+            .lines()
+            .filter(|line| line.contains("session closed"))
+            .filter_map(|line| line.split("ended=").nth(1))
+            .map(|rest| rest.split_whitespace().next().unwrap_or("").to_owned())
+            .collect();
+        if ended.len() == 2 || std::time::Instant::now() > deadline {
+            break ended;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    drop(server);
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(ended, ["Peer", "Server"]);
 }
 
 #[tokio::test]

@@ -391,13 +391,13 @@ fn env_error(err: EnvError) -> ServerFrame {
     })
 }
 
-/// The `observation` frame of a reset or step, written without copying its metadata.
-fn observation(outcome: &StepOutcome) -> String {
-    observation_frame_text(&outcome.observation, outcome.reward, outcome.done)
-}
-
-fn env_error_text(err: EnvError) -> String {
-    frame_text(&env_error(err))
+/// The reply to a reset or step: its `observation` frame, written without copying its
+/// metadata, or its error frame.
+fn outcome_text(outcome: Result<StepOutcome, EnvError>) -> String {
+    match outcome {
+        Ok(out) => observation_frame_text(&out.observation, out.reward, out.done),
+        Err(err) => frame_text(&env_error(err)),
+    }
 }
 
 /// Answers one parsed frame (not `close`) on a session's env with the text of the reply.
@@ -409,19 +409,9 @@ async fn respond(
     has_tools: bool,
 ) -> String {
     let reply = match frame {
-        ClientFrame::Reset { data } => {
-            return env
-                .reset(data)
-                .await
-                .map_or_else(env_error_text, |out| observation(&out));
-        }
+        ClientFrame::Reset { data } => return outcome_text(env.reset(data).await),
         ClientFrame::Step { data } => match Action::classify(data, has_tools) {
-            Ok(action) => {
-                return env
-                    .step(action)
-                    .await
-                    .map_or_else(env_error_text, |out| observation(&out));
-            }
+            Ok(action) => return outcome_text(env.step(action).await),
             Err(err) => env_error(err),
         },
         ClientFrame::State => ServerFrame::State(env.state()),

@@ -51,6 +51,9 @@ MARKER_TOKENS = ["<tool_call>", "</tool_call>", "<tool_response>", "</tool_respo
 #: What the tiny model is taught to answer after the tool's output (``--teach-command``).
 TAUGHT_REPLY = "Done."
 
+#: The repository root (the tokenizer's training text comes from its docs and tasks).
+REPO = Path(__file__).resolve().parents[2]
+
 
 # -- the tiny local model ----------------------------------------------------------------
 
@@ -86,13 +89,12 @@ def build_tiny_model(out_dir: Path, *, seed: int = 0, vocab_size: int = 2048) ->
     if (out_dir / "config.json").is_file() and (out_dir / "tokenizer.json").is_file():
         return out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
-    repo = Path(__file__).resolve().parents[2]
 
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
     bpe.train_from_iterator(
-        _corpus(repo),
+        _corpus(REPO),
         trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
                             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                             show_progress=False),
@@ -151,8 +153,9 @@ def teach_tool_call(model_dir: Path, command: str, out_dir: Path, *, steps: int 
     # Prompts of many lengths and contents, so the model keys on the assistant header rather
     # than on positions: the row's prompt + the text reset() returns, as TRL sends them.
     rng = random.Random(seed)
-    filler = " ".join(_corpus(Path(__file__).resolve().parents[2])).split()
+    filler = " ".join(_corpus(REPO)).split()
     outputs = ["(no output)", "42", "ERROR: exit code 1", "hello.txt\nlogs"]
+    reply = tokenizer(TAUGHT_REPLY + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
     examples = []
     for i in range(24):
         start = rng.randrange(len(filler))
@@ -165,13 +168,13 @@ def teach_tool_call(model_dir: Path, command: str, out_dir: Path, *, steps: int 
         turn1 = render(with_call, False)
         # The model's first turn: the call up to and including its end-of-turn token (TRL stops
         # generating there; the newline the template puts after it belongs to the next message).
-        call_ids = turn1[len(prompt):last_eos(turn1) + 1]
+        cut = last_eos(turn1) + 1
+        call_ids = turn1[len(prompt):cut]
         for out in outputs[i % 2::2]:
             with_tool = with_call + [{"role": "tool", "name": "terminal", "content": out}]
             turn2 = render(with_tool, True)
-            assert turn2[:last_eos(turn1) + 1] == turn1[:last_eos(turn1) + 1], "template not prefix-preserving"
-            suffix = turn2[last_eos(turn1) + 1:]
-            reply = tokenizer(TAUGHT_REPLY + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
+            assert turn2[:cut] == turn1[:cut], "template not prefix-preserving"
+            suffix = turn2[cut:]
             ids = prompt + call_ids + suffix + reply
             labels = [-100] * len(prompt) + call_ids + [-100] * len(suffix) + reply
             examples.append((ids, labels))

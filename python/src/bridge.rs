@@ -156,7 +156,8 @@ impl TickCallback {
         } else {
             *driver.timer.borrow_mut() = None;
         }
-        driver.tick(py)
+        // A tick with a driver turn.
+        driver.run(py, true)
     }
 }
 
@@ -257,9 +258,8 @@ impl Driver {
     /// Adds a call and polls it at once (no driver turn: the request frame is written now,
     /// and events already waiting make the poll readable anyway).
     fn start(self: &Rc<Self>, py: Python<'_>, call: Call) -> PyResult<()> {
+        // Inside a tick (a call made from a destructor it ran), that tick's polling takes it.
         self.incoming.borrow_mut().push(call);
-        // Inside a tick (a call made from a destructor it ran), that tick takes it.
-        self.wakeup.woken.store(true, Ordering::Release);
         self.run(py, false)
     }
 
@@ -290,11 +290,6 @@ impl Driver {
             let _ = resolve(py, done);
         }
         self.schedule(py)
-    }
-
-    /// A tick with a driver turn (the poll was readable, or the timer fired).
-    fn tick(self: &Rc<Self>, py: Python<'_>) -> PyResult<()> {
-        self.run(py, true)
     }
 
     /// The body of a turning tick, run by the runtime's `block_on`: poll what is woken, yield
@@ -413,19 +408,16 @@ fn find(id: u64) -> Option<Rc<Driver>> {
 /// This thread's driver, made on first use, attached to `event_loop`.
 fn driver_for(py: Python<'_>, event_loop: &Bound<'_, PyAny>) -> PyResult<Rc<Driver>> {
     let pid = std::process::id();
-    let existing = DRIVER.with_borrow(|driver| driver.clone());
-    let driver = match existing {
+    let driver = match DRIVER.with_borrow(Clone::clone) {
         Some(driver) if driver.pid == pid => driver,
-        inherited => {
-            drop(inherited);
-            if let Some(parent) = DRIVER.with_borrow_mut(Option::take) {
+        _ => {
+            let driver =
+                Rc::new(Driver::new().map_err(|err| to_py_err(py, Failure::Runtime(err)))?);
+            if let Some(parent) = DRIVER.replace(Some(Rc::clone(&driver))) {
                 // Made before fork(): its runtime and poll are the parent's, not ours to
                 // tear down.
                 std::mem::forget(parent);
             }
-            let driver =
-                Rc::new(Driver::new().map_err(|err| to_py_err(py, Failure::Runtime(err)))?);
-            DRIVER.with_borrow_mut(|slot| *slot = Some(Rc::clone(&driver)));
             driver
         }
     };

@@ -141,7 +141,7 @@ impl Core {
 
     /// Fails when the connection belongs to another thread's driver than the one polling
     /// now: only the loops of its own thread are woken by its socket.
-    fn check_loop(&self) -> Result<(), Failure> {
+    fn check_thread(&self) -> Result<(), Failure> {
         let home = self.home.load(Ordering::Acquire);
         if home == 0 || polling_driver() == Some(home) {
             Ok(())
@@ -177,12 +177,12 @@ impl Core {
     /// The session, connecting first if needed.
     pub(crate) async fn session(&self) -> Result<Arc<Session>, Failure> {
         self.check_pid()?;
-        self.check_loop()?;
+        self.check_thread()?;
         if let Some(session) = self.current()? {
             return Ok(session);
         }
         let _connecting = self.connecting.lock().await;
-        self.check_loop()?;
+        self.check_thread()?;
         if let Some(session) = self.current()? {
             return Ok(session);
         }
@@ -206,7 +206,7 @@ impl Core {
     /// does nothing.
     pub(crate) async fn close(&self) -> Result<(), Failure> {
         self.check_pid()?;
-        self.check_loop()?;
+        self.check_thread()?;
         let previous = std::mem::replace(&mut *self.lock(), Slot::Closed);
         if let Slot::Open(session) = previous {
             session.client().shutdown().await?;

@@ -216,7 +216,7 @@ async fn agent_forged_reward_files_are_ignored() {
     let mut env = new_env(per_command()).await;
     reset(
         &mut env,
-        json!({"verify": ["echo 0.25 > \"$REWARD_FILE\""]}),
+        json!({"verify": ["echo 0.25 > \"$REWARD_FILE\""], "reward_file": true}),
     )
     .await;
     sh(&mut env, "rm -rf ~/logs/verifier && mkdir -p /tmp/evil && echo 1.0 > /tmp/evil/reward.txt && ln -s /tmp/evil ~/logs/verifier").await;

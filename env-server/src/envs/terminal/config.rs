@@ -236,8 +236,11 @@ pub struct TerminalConfig {
     )]
     pub reward_file: String,
 
-    /// A valid float in the reward file overrides passed/total.
-    #[arg(long, env = "ENV_SERVER_REWARD_OVERRIDE", default_value_t = true, action = ArgAction::Set)]
+    /// Default of the reset argument `reward_file`: whether a valid float in the reward file
+    /// overrides passed/total of inline verify commands. Off by default, because any code a
+    /// verify command runs (the agent's, say) can write that file (docs/verification.md); task
+    /// folders never read it.
+    #[arg(long, env = "ENV_SERVER_REWARD_OVERRIDE", default_value_t = false, action = ArgAction::Set)]
     pub reward_override: bool,
 
     /// Clamp every reward into LO,HI (e.g. `0,1`); unset = no clamp.
@@ -296,7 +299,7 @@ impl Default for TerminalConfig {
             both_args: BothArgs::FinalAnswerWins,
             verify_shell: VerifyShell::Clean,
             reward_file: "/home/user/logs/verifier/reward.txt".to_owned(),
-            reward_override: true,
+            reward_override: false,
             reward_range: None,
             max_reset_files: 64,
             max_reset_files_bytes: 1024 * 1024,

@@ -252,6 +252,9 @@ impl TerminalEnv {
         let sandbox_id = sandbox.id().to_owned();
         self.state.sandbox_id = Some(sandbox_id.clone());
         self.state.verify_commands.clone_from(&verify_commands);
+        // A task folder's verdict is its test summary; only inline checks may opt in to the
+        // reward file (docs/verification.md).
+        self.state.reward_file = args.reward_file && task.is_none();
         let mut meta = JsonMap::new();
         meta.insert("sandbox_id".to_owned(), json!(sandbox_id));
 

@@ -58,6 +58,9 @@ pub(crate) struct ResetArgs {
     pub command_timeout: Duration,
     /// Absolute in-sandbox path and text.
     pub files: Vec<(String, String)>,
+    /// Whether the reward file may set the reward of inline verification (`reward_file`;
+    /// default `--reward-override`). See `docs/verification.md`.
+    pub reward_file: bool,
     pub ignored: Vec<String>,
 }
 
@@ -83,6 +86,7 @@ const KNOWN: &[&str] = &[
     "shell_mode",
     "command_timeout_s",
     "files",
+    "reward_file",
 ];
 
 /// Python truthiness of a JSON value.
@@ -337,6 +341,11 @@ pub(crate) fn parse_args(
         },
     };
     let files = parse_files(kwargs.get("files"), config)?;
+    let reward_file = match kwargs.get("reward_file") {
+        None | Some(Value::Null) => config.reward_override,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(ResetError::value("reward_file must be true or false")),
+    };
     let ignored = kwargs
         .keys()
         .filter(|k| !KNOWN.contains(&k.as_str()))
@@ -350,6 +359,7 @@ pub(crate) fn parse_args(
         shell_mode,
         command_timeout,
         files,
+        reward_file,
         ignored,
     })
 }

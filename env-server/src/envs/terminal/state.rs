@@ -97,6 +97,8 @@ pub enum RewardSource {
     Fraction,
     /// Nothing to score (no verify command, no reward file): 0.0.
     None,
+    /// The verifier run was void (killed, timed out, inconsistent or incomplete): 0.0.
+    Void,
 }
 
 impl RewardSource {
@@ -105,6 +107,7 @@ impl RewardSource {
             Self::File => "file",
             Self::Fraction => "fraction",
             Self::None => "none",
+            Self::Void => "void",
         }
     }
 }
@@ -120,27 +123,48 @@ pub struct Verification {
     pub reward: f64,
     /// Where it came from.
     pub source: RewardSource,
+    /// Why the run was void (`source` is then [`RewardSource::Void`] and the reward 0.0).
+    pub void_reason: Option<String>,
 }
 
 impl Verification {
-    /// `{"passed","total","reward","reward_source"}`.
+    /// A void run: reward 0.0, with the reason (`docs/verification.md`).
+    pub fn void(reason: String) -> Self {
+        Self {
+            passed: 0,
+            total: 0,
+            reward: 0.0,
+            source: RewardSource::Void,
+            void_reason: Some(reason),
+        }
+    }
+
+    /// `{"passed","total","reward","reward_source"}`, plus `void_reason` for a void run.
     pub fn to_json(&self) -> Value {
-        json!({
+        let mut v = json!({
             "passed": self.passed,
             "total": self.total,
             "reward": self.reward,
             "reward_source": self.source.as_str(),
-        })
+        });
+        if let (Some(reason), Some(map)) = (&self.void_reason, v.as_object_mut()) {
+            map.insert("void_reason".to_owned(), json!(reason));
+        }
+        v
     }
 
     /// `Verification: {passed}/{total} passed; reward={reward}`.
     pub fn summary(&self) -> String {
-        format!(
+        let line = format!(
             "Verification: {}/{} passed; reward={}",
             self.passed,
             self.total,
             super::format::py_float_repr(self.reward)
-        )
+        );
+        match &self.void_reason {
+            Some(reason) => format!("{line}\nVerification void: {reason}"),
+            None => line,
+        }
     }
 }
 
@@ -196,6 +220,8 @@ pub(crate) struct EpisodeState {
     pub setup_results: Vec<CommandResult>,
     /// Registered verify commands.
     pub verify_commands: Vec<String>,
+    /// Whether the reward file may set the reward (inline verification with `reward_file`).
+    pub reward_file: bool,
     /// Results of the last verification.
     pub verify_results: Vec<CommandResult>,
     /// Agent commands, in order.

@@ -239,14 +239,34 @@ pub(crate) fn parse_test_summary(output: &str) -> Option<TestCounts> {
     parse_pytest(output).or_else(|| parse_unittest(output))
 }
 
+/// How many test summaries (pytest's `short test summary info` header, unittest's
+/// `Ran N tests` line) `output` holds. A genuine run prints exactly one; more means something
+/// besides the test runner wrote one (`docs/verification.md`).
+pub(crate) fn count_test_summaries(output: &str) -> usize {
+    output
+        .lines()
+        .map(str::trim)
+        .filter(|t| is_pytest_header(t) || is_unittest_ran(t))
+        .count()
+}
+
+fn is_pytest_header(t: &str) -> bool {
+    t.starts_with('=')
+        && t.ends_with('=')
+        && t.trim_matches('=').trim() == "short test summary info"
+}
+
+fn is_unittest_ran(t: &str) -> bool {
+    t.strip_prefix("Ran ").is_some_and(|rest| {
+        let mut words = rest.split_whitespace();
+        words.next().is_some_and(|n| n.parse::<u64>().is_ok())
+            && words.next().is_some_and(|w| w == "test" || w == "tests")
+    })
+}
+
 fn parse_pytest(output: &str) -> Option<TestCounts> {
     let lines: Vec<&str> = output.lines().collect();
-    let start = lines.iter().rposition(|l| {
-        let t = l.trim();
-        t.starts_with('=')
-            && t.ends_with('=')
-            && t.trim_matches('=').trim() == "short test summary info"
-    })?;
+    let start = lines.iter().rposition(|l| is_pytest_header(l.trim()))?;
     let mut counts = TestCounts {
         passed: 0,
         total: 0,
@@ -267,9 +287,7 @@ fn parse_pytest(output: &str) -> Option<TestCounts> {
 
 fn parse_unittest(output: &str) -> Option<TestCounts> {
     let lines: Vec<&str> = output.lines().map(str::trim).collect();
-    let at = lines
-        .iter()
-        .rposition(|l| l.starts_with("Ran ") && l.contains(" test"))?;
+    let at = lines.iter().rposition(|l| is_unittest_ran(l))?;
     let total: u64 = lines[at].split_whitespace().nth(1)?.parse().ok()?;
     let verdict = lines[at + 1..].iter().find(|l| !l.is_empty())?;
     let count = |key: &str| -> u64 {
@@ -356,6 +374,20 @@ mod tests {
                 total: 1
             })
         );
+    }
+
+    #[test]
+    fn summaries_are_counted_so_a_second_one_is_seen() {
+        let real = "test_a ... FAIL\n----\nRan 3 tests in 0.01s\n\nFAILED (failures=3)\n";
+        assert_eq!(count_test_summaries(real), 1);
+        let forged = format!("Ran 3 tests in 0.001s\n\nOK\n{real}");
+        assert_eq!(count_test_summaries(&forged), 2);
+        let pytest = "== short test summary info ==\nPASSED t::a\n== 1 passed ==\n";
+        assert_eq!(count_test_summaries(pytest), 1);
+        assert_eq!(count_test_summaries(&format!("{pytest}{pytest}")), 2);
+        // Prose that merely starts with "Ran" is no summary.
+        assert_eq!(count_test_summaries("Ran out of ideas\nRan tests\n"), 0);
+        assert_eq!(count_test_summaries("nothing"), 0);
     }
 
     #[tokio::test]

@@ -258,7 +258,7 @@ async fn verifier_reward_file_wins_and_grammar_applies() {
     ] {
         let (mut env, _) = env_with(per_command()).await;
         env.reset(map(
-            json!({"verify": [format!("write-reward {written}"), "exit 1"]}),
+            json!({"verify": [format!("write-reward {written}"), "exit 1"], "reward_file": true}),
         ))
         .await
         .unwrap();
@@ -270,9 +270,11 @@ async fn verifier_reward_file_wins_and_grammar_applies() {
         ..per_command()
     };
     let (mut env, _) = env_with(config).await;
-    env.reset(map(json!({"verify": ["write-reward 7"]})))
-        .await
-        .unwrap();
+    env.reset(map(
+        json!({"verify": ["write-reward 7"], "reward_file": true}),
+    ))
+    .await
+    .unwrap();
     assert_eq!(
         reward(&call(&mut env, json!({"final_answer": "x"})).await),
         Some(1.0)
@@ -301,9 +303,11 @@ async fn background_writer_is_killed_before_the_verifier() {
 #[tokio::test]
 async fn a_writer_started_by_verification_is_killed_before_the_reward_is_read() {
     let (mut env, shared) = env_with(per_command()).await;
-    env.reset(map(json!({"verify": ["exit 1", "bg-writer"]})))
-        .await
-        .unwrap();
+    env.reset(map(
+        json!({"verify": ["exit 1", "bg-writer"], "reward_file": true}),
+    ))
+    .await
+    .unwrap();
     let out = call(&mut env, json!({"final_answer": "x"})).await;
     assert_eq!(
         text(&out),
@@ -877,4 +881,26 @@ async fn close_destroys_the_sandbox() {
     env.close().await;
     let ops = ops(&shared);
     assert_eq!(ops[ops.len() - 2..], ["kill_tree", "destroy"]);
+}
+
+#[tokio::test]
+async fn a_verify_command_that_does_not_end_normally_voids_the_verdict() {
+    // One check passes, one runs out of time: the run did not end normally, so the reward is
+    // 0.0 with the reason, not 1/2.
+    let (mut env, _) = env_with(per_command()).await;
+    env.reset(map(json!({"verify": ["true", "sleep 100"]})))
+        .await
+        .unwrap();
+    let out = call(&mut env, json!({"final_answer": "x"})).await;
+    assert_eq!(reward(&out), Some(0.0), "{}", text(&out));
+    assert_eq!(
+        text(&out),
+        "Answer submitted: x\nVerification: 0/2 passed; reward=0.0\nVerification void: verify command 2 timed out"
+    );
+    let details = env.verify().await.unwrap().unwrap().details;
+    assert_eq!(details["verification"]["reward_source"], "void");
+    assert_eq!(
+        details["verification"]["void_reason"],
+        "verify command 2 timed out"
+    );
 }

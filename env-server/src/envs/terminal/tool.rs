@@ -254,6 +254,7 @@ impl TerminalEnv {
             total: 0,
             reward: 0.0,
             source: super::RewardSource::None,
+            void_reason: None,
         });
         CallOutcome {
             result: Ok(text),

@@ -1,9 +1,12 @@
-//! Verification (`TERMINAL_ENV.md` §4.2–4.3, §10.2) and the `verify` frame (`PROTOCOL.md`
-//! E1). The reward cannot be forged: every agent process is killed first, the verifier's
-//! directory is recreated verifier-owned (no symlink followed), verifier-only files are staged
-//! only then, verify commands run in a clean shell with an explicit environment, every process
-//! of the episode is killed again (nothing a verify command started can write afterwards), and
-//! the reward file is read through the backend's file API.
+//! Verification and the `verify` frame; the threat model is `docs/verification.md`.
+//!
+//! Every agent process is killed first, the verifier's directory is recreated (no symlink
+//! followed), verifier-only files are staged only then, verify commands run in a clean shell
+//! with an explicit environment, every process of the episode is killed again (nothing a
+//! verify command started can write afterwards), and the server reads the verdict. A run that
+//! did not end normally — a timeout, a signal, a status of 128 or more, a lost sandbox, a test
+//! summary that is missing, doubled, incomplete or contradicted by the exit status — is void:
+//! reward 0.0 with the reason. The reward file counts only for inline checks that opted in.
 
 use std::collections::BTreeMap;
 
@@ -14,9 +17,11 @@ use serde_json::{Value, json};
 use super::config::{TbReward, VerifyShell};
 use super::format::{TextRules, parse_reward, stream_text};
 use super::state::{CommandResult, DoneReason, RewardSource, Verification, results_json};
-use super::tasks::{TB_TEST_DIR, collect_test_files, parse_test_summary};
+use super::tasks::{
+    TB_TEST_DIR, TestCounts, collect_test_files, count_test_summaries, parse_test_summary,
+};
 use super::{CallOutcome, EnvError, TerminalEnv, sandbox_failure};
-use crate::sandbox::{Capture, CapturedOutput, ExecRequest, Identity, SandboxError};
+use crate::sandbox::{Capture, CapturedOutput, ExecRequest, ExecResult, Identity, SandboxError};
 
 /// `PATH` of verify commands: system directories only.
 pub(crate) const SYSTEM_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -45,6 +50,53 @@ fn recap(out: &CapturedOutput, cap: usize, fraction: f64) -> CapturedOutput {
         tail: out.tail[out.tail.len().saturating_sub(tail_cap)..].to_vec(),
         total: out.total,
     }
+}
+
+/// Why verify command `n` (1-based) did not end normally: a timeout, a signal, or an exit
+/// status of 128 or more (what a shell reports for a killed child). `None` for a normal exit.
+fn abnormal_end(res: &ExecResult, n: usize) -> Option<String> {
+    if res.timed_out {
+        return Some(format!("verify command {n} timed out"));
+    }
+    if let Some(signal) = res.signal {
+        return Some(format!("verify command {n} was killed by signal {signal}"));
+    }
+    match res.exit_code {
+        Some(code) if code >= 128 => Some(format!(
+            "verify command {n} exited with status {code}, the status of a killed process"
+        )),
+        Some(_) => None,
+        None => Some(format!("verify command {n} did not exit")),
+    }
+}
+
+/// The test counts of a task folder's test run, or why they cannot be trusted: output cut at
+/// the cap, no summary or more than one, an incomplete summary, or an all-passed summary from
+/// a run that exited non-zero.
+fn test_verdict(text: &str, res: &ExecResult) -> Result<TestCounts, String> {
+    if res.stdout.truncated() || res.stderr.truncated() {
+        return Err(
+            "the test output exceeded its cap, so its summary cannot be trusted".to_owned(),
+        );
+    }
+    match count_test_summaries(text) {
+        0 => return Err("the test run printed no test summary".to_owned()),
+        1 => {}
+        n => {
+            return Err(format!(
+                "the test output holds {n} test summaries where a test run prints one"
+            ));
+        }
+    }
+    let counts =
+        parse_test_summary(text).ok_or_else(|| "the test summary is incomplete".to_owned())?;
+    if counts.total > 0 && counts.passed == counts.total && res.exit_code != Some(0) {
+        return Err(format!(
+            "the test run exited with status {} although its summary says every test passed",
+            res.exit_code.unwrap_or(-1)
+        ));
+    }
+    Ok(counts)
 }
 
 impl TerminalEnv {
@@ -131,11 +183,14 @@ impl TerminalEnv {
             }
             None => (config.verify_timeout(), config.max_output_bytes),
         };
-        // 5–6: every verify command, fresh process each.
+        // 5–6: every verify command, fresh process each. A run that did not end normally, or
+        // whose summary is missing, doubled or contradicted, voids the verdict
+        // (docs/verification.md).
         let mut results = Vec::new();
         let mut passed = 0u64;
         let mut tests = None;
-        for command in &self.state.verify_commands {
+        let mut void: Option<String> = None;
+        for (n, command) in self.state.verify_commands.iter().enumerate() {
             let argv = match config.verify_shell {
                 VerifyShell::Clean => vec!["bash", "--noprofile", "--norc", "-c"],
                 VerifyShell::Login => vec!["bash", "-lc"],
@@ -146,14 +201,33 @@ impl TerminalEnv {
             req.cwd = Some(config.work_dir.clone());
             req.env = env.clone();
             req.identity = Identity::Verifier;
-            let mut res = sandbox.exec(req).await?;
+            // Agent code the check runs can kill the supervisor: a sandbox lost from here on
+            // voids the run instead of leaving the episode without a reward.
+            let mut res = match sandbox.exec(req).await {
+                Ok(res) => res,
+                Err(SandboxError::Gone { reason }) => {
+                    let why = format!(
+                        "the sandbox was lost while verify command {} ran: {reason}",
+                        n + 1
+                    );
+                    return Ok((Verification::void(why), results));
+                }
+                Err(err) => return Err(err),
+            };
+            let mut reason = abnormal_end(&res, n + 1);
             if task.is_some() {
                 let mut text = stream_text(&res.stdout, TextRules { strip_ansi: true });
                 text.push('\n');
                 text.push_str(&stream_text(&res.stderr, TextRules { strip_ansi: true }));
-                tests = parse_test_summary(&text);
+                match test_verdict(&text, &res) {
+                    Ok(counts) => tests = Some(counts),
+                    Err(why) => reason = reason.or(Some(why)),
+                }
                 res.stdout = recap(&res.stdout, config.max_output_bytes, config.head_fraction);
                 res.stderr = recap(&res.stderr, config.max_output_bytes, config.head_fraction);
+            }
+            if void.is_none() {
+                void = reason;
             }
             let error = res.timed_out.then(|| super::shell::timeout_text(timeout));
             let record = CommandResult::from_exec(command, &res, error, rules);
@@ -167,25 +241,52 @@ impl TerminalEnv {
         };
         // Nothing the verify commands started (nor anything of the agent's) may write the
         // reward file after the check: kill every process of the episode before reading it.
-        sandbox.kill_all(Identity::Verifier).await?;
-        sandbox.kill_all(Identity::Agent).await?;
-        // 7: the reward file, through the backend.
-        let file_reward = if config.reward_override {
+        for identity in [Identity::Verifier, Identity::Agent] {
+            match sandbox.kill_all(identity).await {
+                Ok(()) => {}
+                Err(SandboxError::Gone { reason }) => {
+                    let why = format!("the sandbox was lost after the verify commands: {reason}");
+                    return Ok((Verification::void(why), results));
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        // 7: the reward file, through the backend — inline checks that opted in only, and only
+        // from a run that ended normally.
+        let mut file_reward = None;
+        if self.state.reward_file && void.is_none() {
             match sandbox
                 .read_file(&config.reward_file, REWARD_FILE_MAX_BYTES)
                 .await
             {
-                Ok(c) if !c.truncated => std::str::from_utf8(&c.bytes).ok().and_then(parse_reward),
-                Ok(_) | Err(SandboxError::NotFound { .. }) => None,
+                Ok(c) if c.truncated => {
+                    void = Some(format!(
+                        "the reward file is longer than {REWARD_FILE_MAX_BYTES} bytes"
+                    ));
+                }
+                Ok(c) => {
+                    file_reward = std::str::from_utf8(&c.bytes).ok().and_then(parse_reward);
+                }
+                Err(SandboxError::NotFound { .. }) => {}
                 Err(gone @ SandboxError::Gone { .. }) => return Err(gone),
                 Err(err) => {
-                    tracing::warn!(error = %err, "reading the reward file failed");
-                    None
+                    tracing::warn!(error = %err, "the reward file could not be read safely");
+                    void = Some(format!(
+                        "the reward file could not be read safely ({})",
+                        err.client_message()
+                    ));
                 }
             }
-        } else {
-            None
-        };
+        }
+        if let Some(reason) = void {
+            return Ok((
+                Verification {
+                    total,
+                    ..Verification::void(reason)
+                },
+                results,
+            ));
+        }
         #[allow(clippy::cast_precision_loss)]
         let (reward, source) = match file_reward {
             Some(r) => (r, RewardSource::File),
@@ -203,6 +304,7 @@ impl TerminalEnv {
                 total,
                 reward,
                 source,
+                void_reason: None,
             },
             results,
         ))

@@ -13,8 +13,9 @@ use super::cgroup::{CgroupRoots, Cgroups};
 use super::client::Channel;
 use super::launch::{Launch, launch, log_stderr};
 use super::owner::{DIR_PREFIX, Marker, UidClaim, claim_uid};
-use super::sandbox::{LocalSandbox, Parts};
-use super::{Backend, MISSING_BWRAP, argv, check_spec, files, next_id, proto, tree, unavailable};
+use super::cleanup::{Cleanup, Remains};
+use super::sandbox::{GONE_DEADLINE, LocalSandbox, Parts};
+use super::{Backend, MISSING_BWRAP, argv, check_spec, files, next_id, proto, unavailable};
 use crate::sandbox::{SandboxError, SandboxSpec};
 
 /// Limits of one sandbox: the spec's, else the configured defaults (0 = none).
@@ -80,46 +81,63 @@ struct Prep {
     cgroups: CgroupRoots,
     id: String,
     limits: Limits,
+    /// Held by the queue if the layout fails and cannot be removed at once.
+    claim: Option<UidClaim>,
+    cleanup: Arc<Cleanup>,
 }
 
-/// Lays out `<E>` and creates the cgroups; on failure removes what it made.
-fn prepare(p: &Prep) -> std::io::Result<(Cgroups, Vec<OwnedFd>)> {
-    std::fs::DirBuilder::new().mode(0o700).create(&p.dir)?;
-    let made = (|| {
-        for (sub, mode) in [
-            ("home", 0o755),
-            ("tmp", 0o1777),
-            ("trash", 0o700),
-            ("etc", 0o755),
-        ] {
-            let path = p.dir.join(sub);
-            std::fs::create_dir(&path)?;
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
+/// Lays out `<E>` and creates the cgroups; on failure hands what it made to the cleanup queue.
+fn prepare(p: Prep) -> std::io::Result<(Cgroups, Vec<OwnedFd>, Option<UidClaim>)> {
+    let mut cgroups = Cgroups::default();
+    let made = std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&p.dir)
+        .and_then(|()| lay_out(&p, &mut cgroups));
+    match made {
+        Ok(fds) => Ok((cgroups, fds, p.claim)),
+        Err(e) => {
+            // The directory may be half made (an `EMFILE` mid-way): the queue removes it, and
+            // retries if that fails too (docs/cleanup.md).
+            let remains = Remains {
+                id: p.id,
+                dir: Some(p.dir),
+                cgroups,
+                uid: None, // nothing was started
+                claim: p.claim,
+                pid_ns: None,
+            };
+            p.cleanup.settle(remains, Duration::ZERO);
+            Err(e)
         }
-        for (name, text) in argv::etc_files(&p.work_dir) {
-            std::fs::write(p.dir.join("etc").join(name), text)?;
-        }
-        let marker = serde_json::to_vec(&p.marker).map_err(std::io::Error::other)?;
-        std::fs::write(p.dir.join("owner"), marker)?;
-        if let Some(uid) = p.uid {
-            let owner = (Some(Uid::from_raw(uid)), Some(Gid::from_raw(uid)));
-            for path in [p.dir.clone(), p.dir.join("home"), p.dir.join("tmp")] {
-                nix::unistd::chown(&path, owner.0, owner.1)?;
-            }
-        }
-        let mut cgroups = p.cgroups.create(&p.id, p.limits.pids, p.limits.memory)?;
-        match cgroups.join_fds() {
-            Ok(fds) => Ok((cgroups, fds)),
-            Err(e) => {
-                let _ = cgroups.kill_and_remove();
-                Err(e)
-            }
-        }
-    })();
-    if made.is_err() {
-        let _ = tree::remove_path(&p.dir);
     }
-    made
+}
+
+/// The contents of `<E>` and the cgroups (made in `cgroups`, also on failure).
+fn lay_out(p: &Prep, cgroups: &mut Cgroups) -> std::io::Result<Vec<OwnedFd>> {
+    for (sub, mode) in [
+        ("home", 0o755),
+        ("tmp", 0o1777),
+        ("trash", 0o700),
+        ("etc", 0o755),
+    ] {
+        let path = p.dir.join(sub);
+        std::fs::create_dir(&path)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
+    }
+    for (name, text) in argv::etc_files(&p.work_dir) {
+        std::fs::write(p.dir.join("etc").join(name), text)?;
+    }
+    let marker = serde_json::to_vec(&p.marker).map_err(std::io::Error::other)?;
+    std::fs::write(p.dir.join("owner"), marker)?;
+    if let Some(uid) = p.uid {
+        let owner = (Some(Uid::from_raw(uid)), Some(Gid::from_raw(uid)));
+        for path in [p.dir.clone(), p.dir.join("home"), p.dir.join("tmp")] {
+            nix::unistd::chown(&path, owner.0, owner.1)?;
+        }
+    }
+    p.cgroups
+        .create(cgroups, &p.id, p.limits.pids, p.limits.memory)?;
+    cgroups.join_fds()
 }
 
 /// Replaces host paths in a message meant for a client.
@@ -161,8 +179,10 @@ pub(super) async fn create(
         cgroups: b.cgroups.clone(),
         id: id.clone(),
         limits,
+        claim,
+        cleanup: Arc::clone(&b.cleanup),
     };
-    let (cgroups, cgroup_join) = tokio::task::spawn_blocking(move || prepare(&prep))
+    let (cgroups, cgroup_join, claim) = tokio::task::spawn_blocking(move || prepare(prep))
         .await
         .map_err(|e| SandboxError::CreateFailed {
             reason: format!("preparing the sandbox failed: {e}"),
@@ -200,13 +220,21 @@ pub(super) async fn create(
     let launched = match launched {
         Ok(l) => l,
         Err(e) => {
-            let (mut cgroups, dir) = (cgroups, dir.clone());
-            let _ = tokio::task::spawn_blocking(move || {
-                let _ = cgroups.kill_and_remove();
-                let _ = tree::remove_path(&dir);
-            })
-            .await;
-            drop(claim);
+            // Nothing was started: the directory and the cgroups go (or are queued).
+            let remains = Remains {
+                id: id.clone(),
+                dir: Some(dir.clone()),
+                cgroups,
+                uid: None, // nothing was started
+                claim,
+                pid_ns: None,
+            };
+            let cleanup = Arc::clone(&b.cleanup);
+            if let Err(e) =
+                tokio::task::spawn_blocking(move || cleanup.settle(remains, GONE_DEADLINE)).await
+            {
+                tracing::error!(sandbox = %id, error = %e, "the sandbox cleanup task failed");
+            }
             return Err(match e.kind() {
                 std::io::ErrorKind::NotFound => unavailable(MISSING_BWRAP),
                 _ => SandboxError::CreateFailed {
@@ -228,6 +256,7 @@ pub(super) async fn create(
         claim,
         dir: dir.clone(),
         pid_ns: None,
+        cleanup: Arc::clone(&b.cleanup),
     };
     let ready = match Channel::start(launched.to_sbx, launched.from_sbx) {
         Ok((chan, ready)) => {
@@ -263,13 +292,18 @@ pub(super) async fn create(
         Ok(ok) => ok,
         Err((chan, msg)) => {
             match chan {
+                // A failed removal is the cleanup queue's (logged, counted, retried).
                 Some(chan) => {
                     chan.close("sandbox creation failed");
-                    let _ = parts.run(&chan).await;
+                    if let Err(e) = parts.run(&chan).await {
+                        tracing::error!(sandbox = %id, error = %e, "the sandbox cleanup task failed");
+                    }
                 }
                 None => {
-                    let _ = parts.child.start_kill();
-                    let _ = tokio::task::spawn_blocking(move || parts.finish()).await;
+                    let _ = parts.child.start_kill(); // already exited: nothing to kill
+                    if let Err(e) = tokio::task::spawn_blocking(move || parts.finish()).await {
+                        tracing::error!(sandbox = %id, error = %e, "the sandbox cleanup task failed");
+                    }
                 }
             }
             let _ = tokio::time::timeout(Duration::from_secs(1), log).await;

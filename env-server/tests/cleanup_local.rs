@@ -37,7 +37,15 @@ impl Server {
         cmd.arg("-c")
             .arg(format!("ulimit -n {nofile} && exec \"$0\" \"$@\""))
             .arg(BIN)
-            .args(["serve", "--env", "terminal", "--sandbox", "local", "--port", "0"])
+            .args([
+                "serve",
+                "--env",
+                "terminal",
+                "--sandbox",
+                "local",
+                "--port",
+                "0",
+            ])
             .args(["--max-sessions", "400", "--shell-mode", "per_command"])
             .arg("--sandbox-root")
             .arg(root)
@@ -207,7 +215,13 @@ async fn nothing_is_left_after_resets_that_ran_out_of_descriptors() {
     let (release, waiting) = tokio::sync::watch::channel(false);
     let (answered, mut answers) = tokio::sync::mpsc::unbounded_channel();
     let episodes: Vec<_> = (0..EPISODES)
-        .map(|_| tokio::spawn(episode(server.addr.clone(), answered.clone(), waiting.clone())))
+        .map(|_| {
+            tokio::spawn(episode(
+                server.addr.clone(),
+                answered.clone(),
+                waiting.clone(),
+            ))
+        })
         .collect();
     // Every reset answers (or fails), then they all close at once.
     for _ in 0..EPISODES {
@@ -216,9 +230,7 @@ async fn nothing_is_left_after_resets_that_ran_out_of_descriptors() {
     release.send(true).unwrap();
     let mut counts = std::collections::BTreeMap::new();
     for e in episodes {
-        *counts
-            .entry(format!("{:?}", e.await.unwrap()))
-            .or_insert(0) += 1;
+        *counts.entry(format!("{:?}", e.await.unwrap())).or_insert(0) += 1;
     }
     eprintln!("resets: {counts:?}");
 
@@ -249,10 +261,15 @@ async fn nothing_is_left_after_resets_that_ran_out_of_descriptors() {
     assert!(failed > 0, "no reset ran out of descriptors: {counts:?}");
     // Removals failed under exhaustion: each was logged once, retried, and succeeded.
     let log = server.log();
-    let queued = log.matches("sandbox cleanup failed; retrying in the background").count();
+    let queued = log
+        .matches("sandbox cleanup failed; retrying in the background")
+        .count();
     let recovered = log.matches("sandbox cleanup succeeded on retry").count();
     eprintln!("cleanups queued: {queued}, recovered on retry: {recovered}");
-    assert!(queued > 0, "no removal failed: the test did not exhaust descriptors");
+    assert!(
+        queued > 0,
+        "no removal failed: the test did not exhaust descriptors"
+    );
     assert_eq!(recovered, queued);
     assert!(!log.contains("sandbox cleanup gave up"));
 

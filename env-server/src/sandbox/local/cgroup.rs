@@ -74,7 +74,9 @@ impl CgroupRoots {
             let probe = dir.join(format!("probe-{}", std::process::id()));
             std::fs::create_dir_all(&probe).ok()?;
             let ok = probe.join("cgroup.procs").exists();
-            let _ = std::fs::remove_dir(&probe);
+            if let Err(e) = std::fs::remove_dir(&probe) {
+                tracing::warn!(probe = %probe.display(), error = %e, "removing the cgroup probe failed");
+            }
             let _ = std::fs::remove_dir(&dir); // busy while groups live under it
             ok.then_some(dir)
         };

@@ -72,10 +72,11 @@ impl Remains {
     /// One attempt at everything that is left; `Err` names what failed and why.
     fn attempt(&mut self, kill_deadline: Duration) -> Result<(), String> {
         let mut problems = Vec::new();
-        let killed = match self.uid.is_some() || self.pid_ns.is_some() || !self.cgroups.dirs().is_empty() {
-            true => self.kill_processes(kill_deadline),
-            false => Ok(()),
-        };
+        let killed =
+            match self.uid.is_some() || self.pid_ns.is_some() || !self.cgroups.dirs().is_empty() {
+                true => self.kill_processes(kill_deadline),
+                false => Ok(()),
+            };
         if let Err(e) = &killed {
             problems.push(e.clone());
         }

@@ -10,10 +10,10 @@ use std::time::Duration;
 use nix::unistd::{Gid, Uid};
 
 use super::cgroup::{CgroupRoots, Cgroups};
+use super::cleanup::{Cleanup, Remains};
 use super::client::Channel;
 use super::launch::{Launch, launch, log_stderr};
 use super::owner::{DIR_PREFIX, Marker, UidClaim, claim_uid};
-use super::cleanup::{Cleanup, Remains};
 use super::sandbox::{GONE_DEADLINE, LocalSandbox, Parts};
 use super::{Backend, MISSING_BWRAP, argv, check_spec, files, next_id, proto, unavailable};
 use crate::sandbox::{SandboxError, SandboxSpec};

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use super::owner::{DIR_PREFIX, Marker, owner_alive, owner_of, uid_is_claimed};
 use super::cleanup::Remains;
+use super::owner::{DIR_PREFIX, Marker, owner_alive, owner_of, uid_is_claimed};
 use super::{Backend, cgroup, procfs};
 
 /// Kills every process of a stale sandbox uid (no live server claims it).

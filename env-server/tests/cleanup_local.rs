@@ -17,9 +17,13 @@ use tokio_tungstenite::tungstenite::Message;
 const BIN: &str = env!("CARGO_BIN_EXE_env-server");
 const SBX: &str = env!("CARGO_BIN_EXE_env-sbx");
 
-/// A uid range of its own, so other servers on the machine (other test binaries) do not count.
+/// A uid range per test, so other servers on the machine (other tests) do not count.
 const UID_BASE: u32 = 3_700_000;
 const UID_COUNT: u32 = 400;
+/// The deep-tree test's range.
+const UID_BASE_DEEP: u32 = UID_BASE + UID_COUNT;
+/// The descriptor limit of the deep-tree test's server.
+const NOFILE_SMALL: usize = 128;
 /// Concurrent episodes.
 const EPISODES: usize = 150;
 
@@ -31,7 +35,7 @@ struct Server {
 }
 
 impl Server {
-    fn spawn(nofile: u32, root: &Path, log: &Path) -> Self {
+    fn spawn(nofile: usize, uid_base: u32, root: &Path, log: &Path) -> Self {
         let stderr = std::fs::File::create(log).unwrap();
         let mut cmd = Command::new("bash");
         cmd.arg("-c")
@@ -50,7 +54,7 @@ impl Server {
             .arg("--sandbox-root")
             .arg(root)
             .args(["--sbx-path", SBX])
-            .args(["--local-uid-base", &UID_BASE.to_string()])
+            .args(["--local-uid-base", &uid_base.to_string()])
             .args(["--local-uid-count", &UID_COUNT.to_string()])
             .env("RUST_LOG", "env_server=info")
             .stdout(Stdio::piped())
@@ -161,15 +165,15 @@ fn sandbox_dirs(root: &Path, pid: u32) -> Vec<String> {
         .collect()
 }
 
-/// Live processes of the test's uid range.
-fn sandbox_processes() -> Vec<(u32, u32)> {
+/// Live processes of the uid range from `base`.
+fn sandbox_processes(base: u32) -> Vec<(u32, u32)> {
     std::fs::read_dir("/proc")
         .unwrap()
         .filter_map(|e| {
             let e = e.ok()?;
             let pid: u32 = e.file_name().to_str()?.parse().ok()?;
             let uid = e.metadata().ok()?.uid();
-            (UID_BASE..UID_BASE + UID_COUNT)
+            (base..base + UID_COUNT)
                 .contains(&uid)
                 .then_some((pid, uid))
         })
@@ -209,7 +213,7 @@ async fn nothing_is_left_after_resets_that_ran_out_of_descriptors() {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
-    let mut server = Server::spawn(256, &root, &base.join("server.log"));
+    let mut server = Server::spawn(256, UID_BASE, &root, &base.join("server.log"));
     let pid = server.pid();
 
     let (release, waiting) = tokio::sync::watch::channel(false);
@@ -238,7 +242,7 @@ async fn nothing_is_left_after_resets_that_ran_out_of_descriptors() {
     let left = loop {
         let left = (
             sandbox_dirs(&root, pid),
-            sandbox_processes(),
+            sandbox_processes(UID_BASE),
             sandbox_cgroups(pid),
         );
         if (left.0.is_empty() && left.1.is_empty() && left.2.is_empty())
@@ -280,6 +284,58 @@ async fn nothing_is_left_after_resets_that_ran_out_of_descriptors() {
     let log = server.log();
     assert!(log.contains("server stopped"), "{log}");
     assert!(!log.contains("incomplete at shutdown"));
+    assert!(
+        log.contains("sandbox cleanups that failed at first, over this server's life"),
+        "the shutdown summary"
+    );
+    drop(server);
+    let _ = std::fs::remove_dir_all(&base);
+}
+
+/// Removing an episode directory takes a few descriptors whatever its depth: a tree deeper
+/// than the server's whole descriptor limit goes at once.
+#[tokio::test]
+async fn a_tree_deeper_than_the_descriptor_limit_is_removed() {
+    let base = std::env::temp_dir().join(format!("openenv-cleanup-{}", uuid::Uuid::new_v4()));
+    let root = base.join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    for dir in [&base, &root] {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let server = Server::spawn(NOFILE_SMALL, UID_BASE_DEEP, &root, &base.join("server.log"));
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", server.addr))
+        .await
+        .unwrap();
+    let mut request = async |text: String| {
+        ws.send(Message::text(text)).await.unwrap();
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) => t.to_string(),
+            other => panic!("{other:?}"),
+        }
+    };
+    let reply = request(r#"{"type":"reset","data":{}}"#.to_owned()).await;
+    assert!(reply.contains(r#""status":"ready""#), "{reply}");
+    let depth = 3 * NOFILE_SMALL;
+    let command = format!(
+        "d=deep; for i in $(seq {depth}); do d=$d/d; done; mkdir -p $d && touch $d/f && find deep -type d | wc -l"
+    );
+    let step = serde_json::json!({"type": "step", "data": {"type": "call_tool", "tool_name": "terminal", "arguments": {"command": command}}});
+    let reply = request(step.to_string()).await;
+    assert!(reply.contains(&format!("\"{}\"", depth + 1)), "{reply}");
+    assert_eq!(sandbox_dirs(&root, server.pid()).len(), 1);
+    ws.close(None).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !sandbox_dirs(&root, server.pid()).is_empty() {
+        assert!(Instant::now() < deadline, "{}", server.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!server.log().contains("sandbox cleanup failed"));
+    while !sandbox_processes(UID_BASE_DEEP).is_empty() || !sandbox_cgroups(server.pid()).is_empty()
+    {
+        assert!(Instant::now() < deadline, "processes or cgroups left");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     drop(server);
     let _ = std::fs::remove_dir_all(&base);
 }

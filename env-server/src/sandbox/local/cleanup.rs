@@ -298,7 +298,8 @@ impl Cleanup {
                 }
                 Ok(()) => {
                     self.succeeded.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(sandbox = %job.remains.id, retries = job.attempts - 1, "sandbox cleanup succeeded on retry");
+                    let pending = self.lock().jobs.len();
+                    tracing::info!(sandbox = %job.remains.id, retries = job.attempts - 1, pending, "sandbox cleanup succeeded on retry");
                 }
                 Err(reason) if first => {
                     q = self.lock();
@@ -359,6 +360,15 @@ impl Cleanup {
                     job.remains.abandon();
                 }
             }
+        }
+        let s = self.stats();
+        if s.retried > 0 || s.failed > 0 {
+            tracing::info!(
+                retried = s.retried,
+                succeeded = s.succeeded,
+                failed = s.failed,
+                "sandbox cleanups that failed at first, over this server's life"
+            );
         }
         left
     }

@@ -81,63 +81,55 @@ struct Prep {
     cgroups: CgroupRoots,
     id: String,
     limits: Limits,
-    /// Held by the queue if the layout fails and cannot be removed at once.
-    claim: Option<UidClaim>,
     cleanup: Arc<Cleanup>,
 }
 
-/// Lays out `<E>` and creates the cgroups; on failure hands what it made to the cleanup queue.
-fn prepare(p: Prep) -> std::io::Result<(Cgroups, Vec<OwnedFd>, Option<UidClaim>)> {
+/// Lays out `<E>` and creates the cgroups; on failure hands what it made to the cleanup queue,
+/// which retries a removal that fails too (an `EMFILE` mid-way: `docs/cleanup.md`).
+fn prepare(p: &Prep) -> std::io::Result<(Cgroups, Vec<OwnedFd>)> {
+    std::fs::DirBuilder::new().mode(0o700).create(&p.dir)?;
     let mut cgroups = Cgroups::default();
-    let made = std::fs::DirBuilder::new()
-        .mode(0o700)
-        .create(&p.dir)
-        .and_then(|()| lay_out(&p, &mut cgroups));
+    let made = (|| {
+        for (sub, mode) in [
+            ("home", 0o755),
+            ("tmp", 0o1777),
+            ("trash", 0o700),
+            ("etc", 0o755),
+        ] {
+            let path = p.dir.join(sub);
+            std::fs::create_dir(&path)?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
+        }
+        for (name, text) in argv::etc_files(&p.work_dir) {
+            std::fs::write(p.dir.join("etc").join(name), text)?;
+        }
+        let marker = serde_json::to_vec(&p.marker).map_err(std::io::Error::other)?;
+        std::fs::write(p.dir.join("owner"), marker)?;
+        if let Some(uid) = p.uid {
+            let owner = (Some(Uid::from_raw(uid)), Some(Gid::from_raw(uid)));
+            for path in [p.dir.clone(), p.dir.join("home"), p.dir.join("tmp")] {
+                nix::unistd::chown(&path, owner.0, owner.1)?;
+            }
+        }
+        p.cgroups
+            .create(&mut cgroups, &p.id, p.limits.pids, p.limits.memory)?;
+        cgroups.join_fds()
+    })();
     match made {
-        Ok(fds) => Ok((cgroups, fds, p.claim)),
+        Ok(fds) => Ok((cgroups, fds)),
         Err(e) => {
-            // The directory may be half made (an `EMFILE` mid-way): the queue removes it, and
-            // retries if that fails too (docs/cleanup.md).
             let remains = Remains {
-                id: p.id,
-                dir: Some(p.dir),
+                id: p.id.clone(),
+                dir: Some(p.dir.clone()),
                 cgroups,
-                uid: None, // nothing was started
-                claim: p.claim,
+                claim: None, // nothing ran as its uid: the caller releases it
+                uid: None,
                 pid_ns: None,
             };
             p.cleanup.settle(remains, Duration::ZERO);
             Err(e)
         }
     }
-}
-
-/// The contents of `<E>` and the cgroups (made in `cgroups`, also on failure).
-fn lay_out(p: &Prep, cgroups: &mut Cgroups) -> std::io::Result<Vec<OwnedFd>> {
-    for (sub, mode) in [
-        ("home", 0o755),
-        ("tmp", 0o1777),
-        ("trash", 0o700),
-        ("etc", 0o755),
-    ] {
-        let path = p.dir.join(sub);
-        std::fs::create_dir(&path)?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
-    }
-    for (name, text) in argv::etc_files(&p.work_dir) {
-        std::fs::write(p.dir.join("etc").join(name), text)?;
-    }
-    let marker = serde_json::to_vec(&p.marker).map_err(std::io::Error::other)?;
-    std::fs::write(p.dir.join("owner"), marker)?;
-    if let Some(uid) = p.uid {
-        let owner = (Some(Uid::from_raw(uid)), Some(Gid::from_raw(uid)));
-        for path in [p.dir.clone(), p.dir.join("home"), p.dir.join("tmp")] {
-            nix::unistd::chown(&path, owner.0, owner.1)?;
-        }
-    }
-    p.cgroups
-        .create(cgroups, &p.id, p.limits.pids, p.limits.memory)?;
-    cgroups.join_fds()
 }
 
 /// Replaces host paths in a message meant for a client.
@@ -179,10 +171,9 @@ pub(super) async fn create(
         cgroups: b.cgroups.clone(),
         id: id.clone(),
         limits,
-        claim,
         cleanup: Arc::clone(&b.cleanup),
     };
-    let (cgroups, cgroup_join, claim) = tokio::task::spawn_blocking(move || prepare(prep))
+    let (cgroups, cgroup_join) = tokio::task::spawn_blocking(move || prepare(&prep))
         .await
         .map_err(|e| SandboxError::CreateFailed {
             reason: format!("preparing the sandbox failed: {e}"),
@@ -300,7 +291,7 @@ pub(super) async fn create(
                     }
                 }
                 None => {
-                    let _ = parts.child.start_kill(); // already exited: nothing to kill
+                    let _ = parts.child.start_kill(); // fails only when bwrap already exited
                     if let Err(e) = tokio::task::spawn_blocking(move || parts.finish()).await {
                         tracing::error!(sandbox = %id, error = %e, "the sandbox cleanup task failed");
                     }

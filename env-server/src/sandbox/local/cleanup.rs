@@ -318,8 +318,15 @@ impl Cleanup {
                     tracing::debug!(sandbox = %job.remains.id, reason, attempt = job.attempts, "sandbox cleanup retry failed");
                     job.due = Instant::now() + self.backoff(job.attempts);
                     q = self.lock();
-                    q.jobs.push(job);
                     q.busy = false;
+                    if q.closed {
+                        // Shutdown stopped waiting for this attempt: it was the last one.
+                        self.failed.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(sandbox = %job.remains.id, reason, "sandbox cleanup incomplete at shutdown; the next start's orphan sweep removes what is left");
+                        job.remains.abandon();
+                    } else {
+                        q.jobs.push(job);
+                    }
                     continue;
                 }
             }

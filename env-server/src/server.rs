@@ -157,6 +157,8 @@ pub async fn run(listener: TcpListener, state: Arc<AppState>) -> std::io::Result
     }
     state.registry.destroy_all().await;
     reaper.abort();
+    // Cleanups that failed earlier get one last attempt (docs/cleanup.md).
+    state.registry.factory().shutdown().await;
     tracing::info!("server stopped; every session closed");
     Ok(())
 }

@@ -216,6 +216,10 @@ pub trait EnvFactory: Send + Sync + 'static {
     async fn create_stateless(&self) -> Result<Box<dyn Environment>, EnvError> {
         self.create().await
     }
+
+    /// Server shutdown, after every instance was closed: releases what the factory shares
+    /// (the terminal env's sandbox backend makes its last cleanup attempt). Nothing by default.
+    async fn shutdown(&self) {}
 }
 
 /// The names `--env` accepts, in help order (the first is the default).

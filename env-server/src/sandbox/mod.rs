@@ -329,6 +329,10 @@ pub trait SandboxBackend: Send + Sync {
     async fn create(&self, spec: SandboxSpec) -> Result<Box<dyn Sandbox>, SandboxError>;
     /// Removes sandboxes left by a crashed predecessor; returns how many.
     async fn sweep_orphans(&self) -> Result<usize, SandboxError>;
+
+    /// Server shutdown, after every session closed: a last attempt at cleanups that failed
+    /// earlier, logging what stays (`docs/cleanup.md`). Nothing by default.
+    async fn shutdown(&self) {}
 }
 
 /// Creates the configured backend (`--sandbox`), checks that it works on this machine, and

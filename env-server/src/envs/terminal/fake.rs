@@ -9,7 +9,10 @@
 //! `bigout` prints 100 000 bytes; `binary` prints invalid UTF-8;
 //! `…run-tests.sh` prints a pytest summary once tests are staged; anything else prints
 //! `shell: {command}`. Its persistent shell speaks the sentinel protocol in 3-byte chunks,
-//! keeps a cwd (`cd X`, `pwd`), and writes `later-bg` after each sentinel (a background job).
+//! keeps a cwd (`cd X`, `pwd`), and writes `later-bg` after each sentinel (a background job);
+//! there `vanish` makes the sandbox vanish mid-command (the shell's stream ends without an exit
+//! status, as when the supervisor dies), and `Shared::fail_spawn` makes the next shell fail to
+//! start while the sandbox lives.
 
 #![allow(clippy::unwrap_used)]
 
@@ -42,6 +45,8 @@ pub(super) struct Shared {
     pub(super) fail_create_detail: Option<String>,
     /// The spec of the last sandbox created.
     pub(super) spec: Option<SandboxSpec>,
+    /// `spawn` fails with a transport error and this reason.
+    pub(super) fail_spawn: Option<String>,
 }
 
 pub(super) type SharedRef = Arc<Mutex<Shared>>;
@@ -155,6 +160,9 @@ impl Sandbox for FakeSandbox {
                 reason: "gone".to_owned(),
             });
         }
+        if let Some(reason) = s.fail_spawn.clone() {
+            return Err(SandboxError::Transport { reason });
+        }
         s.ops.push(format!("spawn:{}", req.argv.join(" ")));
         Ok(Box::new(FakeShell {
             shared: Arc::clone(&self.0),
@@ -256,6 +264,11 @@ impl Process for FakeShell {
             return Ok(());
         } else if cmd.starts_with("sleep") {
             self.emit(b"partial\n", b"");
+            return Ok(());
+        } else if cmd == "vanish" {
+            self.shared.lock().unwrap().gone = true;
+            self.emit(b"dying\n", b"");
+            self.exited = true;
             return Ok(());
         } else if let Some(dir) = cmd.strip_prefix("cd ") {
             self.cwd = dir.to_owned();

@@ -163,6 +163,10 @@ impl EnvFactory for TerminalFactory {
             true,
         )))
     }
+
+    async fn shutdown(&self) {
+        self.backend.shutdown().await;
+    }
 }
 
 fn schema() -> Value {

@@ -218,6 +218,9 @@ pub(crate) enum ShellEnd {
     StartFailed(Option<i32>),
     /// The timeout fired; the shell must be killed and restarted.
     TimedOut,
+    /// The shell's output stream ended without an exit status: the channel to the sandbox
+    /// was cut. Whether the sandbox itself is gone is for [`PersistentShell::replace`] to find.
+    Lost,
 }
 
 /// The agent's long-lived shell (§5.6).
@@ -311,7 +314,7 @@ impl PersistentShell {
                 Ok(Some(ProcessEvent::Exited { exit_code, signal })) => {
                     break ShellEnd::Exited(exit_code.or(signal.map(|s| 128 + s)));
                 }
-                Ok(None) => break ShellEnd::Exited(None),
+                Ok(None) => break ShellEnd::Lost,
             }
         };
         let (stdout, after_out) = out.finish();
@@ -353,6 +356,32 @@ impl PersistentShell {
         Ok((end, stdout, stderr))
     }
 
+    /// Ends a shell whose command did not finish normally and starts the next one (§5.6).
+    /// `Err` only when the sandbox itself is gone (its supervisor died, say): no shell can run
+    /// there and the episode ends (`docs/cleanup.md`). Any other failure leaves no shell — the
+    /// next command starts one — and comes back as `Ok(Some(text))` for the reply, which then
+    /// does not claim a new shell.
+    pub(crate) async fn replace(
+        shell: &mut Option<Self>,
+        sandbox: &dyn Sandbox,
+        settings: &ShellSettings,
+    ) -> Result<Option<String>, SandboxError> {
+        if let Some(mut old) = shell.take() {
+            old.kill().await;
+        }
+        match Self::start(sandbox, settings).await {
+            Ok(new) => {
+                *shell = Some(new);
+                Ok(None)
+            }
+            Err(gone @ SandboxError::Gone { .. }) => Err(gone),
+            Err(err) => {
+                tracing::warn!(error = %err, "restarting the agent shell failed");
+                Ok(Some(err.client_message()))
+            }
+        }
+    }
+
     /// Kills the shell and everything in its session (errors logged).
     pub(crate) async fn kill(&mut self) {
         if let Err(err) = self.process.kill_tree().await {
@@ -361,19 +390,30 @@ impl PersistentShell {
     }
 }
 
-/// The §5.6 text of a persistent-shell timeout.
-pub(crate) fn persistent_timeout_text(timeout: Duration) -> String {
-    format!(
-        "{}; shell restarted, working directory and environment were reset",
-        timeout_text(timeout)
-    )
+/// The §5.6 text of a persistent-shell timeout; `restart_failed` says why no new shell runs.
+pub(crate) fn persistent_timeout_text(timeout: Duration, restart_failed: Option<&str>) -> String {
+    match restart_failed {
+        None => format!(
+            "{}; shell restarted, working directory and environment were reset",
+            timeout_text(timeout)
+        ),
+        Some(err) => format!(
+            "{}; starting a new shell failed: {err}",
+            timeout_text(timeout)
+        ),
+    }
 }
 
-/// The §5.1 text of a persistent shell that exited.
-pub(crate) fn shell_exit_text(code: Option<i32>) -> String {
-    match code {
-        Some(code) => format!("shell exited with code {code}; a new shell was started"),
-        None => "shell exited; a new shell was started".to_owned(),
+/// The §5.1 text of a persistent shell that exited; `restart_failed` says why no new shell
+/// runs.
+pub(crate) fn shell_exit_text(code: Option<i32>, restart_failed: Option<&str>) -> String {
+    let exited = match code {
+        Some(code) => format!("shell exited with code {code}"),
+        None => "shell exited".to_owned(),
+    };
+    match restart_failed {
+        None => format!("{exited}; a new shell was started"),
+        Some(err) => format!("{exited}; starting a new shell failed: {err}"),
     }
 }
 

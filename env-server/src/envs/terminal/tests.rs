@@ -904,3 +904,47 @@ async fn a_verify_command_that_does_not_end_normally_voids_the_verdict() {
         "verify command 2 timed out"
     );
 }
+
+/// The supervisor dies mid-command (`docs/cleanup.md`): the shell's stream ends without an
+/// exit status and no new shell can start, so the episode ends as a lost sandbox — not "a new
+/// shell was started".
+#[tokio::test]
+async fn persistent_shell_in_a_vanished_sandbox_ends_the_episode() {
+    let (mut env, shared) = env_with(TerminalConfig::default()).await;
+    env.reset(JsonMap::new()).await.unwrap();
+    let out = call(&mut env, json!({"command": "vanish"})).await;
+    assert_eq!((out.done, out.reward), (true, None));
+    assert_eq!(
+        error(&out),
+        (
+            ToolErrorType::TransportError,
+            "Sandbox is no longer available: gone; call reset() to start a new episode".to_owned()
+        )
+    );
+    assert_eq!(env.state().extra["done_reason"], "sandbox_lost");
+    assert!(ops(&shared).contains(&"destroy".to_owned()));
+    let out = call(&mut env, json!({"command": "pwd"})).await;
+    assert_eq!(
+        error(&out).1,
+        "Episode is done (reward=None). Call reset() to start a new episode."
+    );
+}
+
+/// A shell that exits while its sandbox lives is replaced, and the reply says so; when the new
+/// shell cannot start, the reply says that instead, and the next command starts one.
+#[tokio::test]
+async fn a_shell_that_cannot_restart_says_so() {
+    let (mut env, shared) = env_with(TerminalConfig::default()).await;
+    env.reset(JsonMap::new()).await.unwrap();
+    call(&mut env, json!({"command": "cd /tmp"})).await;
+    shared.lock().unwrap().fail_spawn = Some("spawn refused".to_owned());
+    let out = call(&mut env, json!({"command": "exit 4"})).await;
+    assert!(!out.done);
+    assert_eq!(
+        text(&out),
+        "later-bg\nbye\nERROR:\nshell exited with code 4; starting a new shell failed: sandbox transport failed: spawn refused (the server log has the full error)"
+    );
+    shared.lock().unwrap().fail_spawn = None;
+    let out = call(&mut env, json!({"command": "pwd"})).await;
+    assert_eq!(text(&out), "/home/user", "a fresh shell");
+}

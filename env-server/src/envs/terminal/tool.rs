@@ -136,35 +136,31 @@ async fn run_persistent(
         timed_out: false,
         duration: started.elapsed(),
     };
+    if matches!(end, ShellEnd::StartFailed(_)) {
+        // The agent's login profile exits: later shells skip it (`--noprofile --norc`).
+        settings.login_shell = false;
+    }
+    // A sandbox that is gone ends the episode here (`Err`), not with a "new shell" reply.
+    let restart_failed = match end {
+        ShellEnd::Done(_) => None,
+        _ => PersistentShell::replace(shell, sandbox.as_ref(), settings).await?,
+    };
+    let restart_failed = restart_failed.as_deref();
     let error = match end {
         ShellEnd::Done(rc) => {
             result.exit_code = Some(rc);
             None
         }
-        ShellEnd::Exited(code) => {
+        ShellEnd::Exited(code) | ShellEnd::StartFailed(code) => {
             result.exit_code = code;
-            Some(shell_exit_text(code))
+            Some(shell_exit_text(code, restart_failed))
         }
-        ShellEnd::StartFailed(code) => {
-            // The agent's login profile exits: later shells skip it (`--noprofile --norc`).
-            settings.login_shell = false;
-            result.exit_code = code;
-            Some(shell_exit_text(code))
-        }
+        ShellEnd::Lost => Some(shell_exit_text(None, restart_failed)),
         ShellEnd::TimedOut => {
             result.timed_out = true;
-            Some(persistent_timeout_text(timeout))
+            Some(persistent_timeout_text(timeout, restart_failed))
         }
     };
-    if !matches!(end, ShellEnd::Done(_)) {
-        if let Some(mut old) = shell.take() {
-            old.kill().await;
-        }
-        match PersistentShell::start(sandbox.as_ref(), settings).await {
-            Ok(new) => *shell = Some(new),
-            Err(err) => tracing::warn!(error = %err, "restarting the agent shell failed"),
-        }
-    }
     Ok((result, error))
 }
 

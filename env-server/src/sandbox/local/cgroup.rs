@@ -74,7 +74,9 @@ impl CgroupRoots {
             let probe = dir.join(format!("probe-{}", std::process::id()));
             std::fs::create_dir_all(&probe).ok()?;
             let ok = probe.join("cgroup.procs").exists();
-            let _ = std::fs::remove_dir(&probe);
+            if let Err(e) = std::fs::remove_dir(&probe) {
+                tracing::warn!(probe = %probe.display(), error = %e, "removing the cgroup probe failed");
+            }
             let _ = std::fs::remove_dir(&dir); // busy while groups live under it
             ok.then_some(dir)
         };
@@ -105,21 +107,16 @@ impl CgroupRoots {
         self.memory.is_some()
     }
 
-    /// Creates the groups of sandbox `id` with the given limits (0 = none); on failure nothing
-    /// is left behind.
+    /// Creates the groups of sandbox `id` with the given limits (0 = none) in `groups`; on
+    /// failure, what was made is in `groups`, for the caller's cleanup.
     pub(super) fn create(
         &self,
+        groups: &mut Cgroups,
         id: &str,
         pids_max: u64,
         memory_bytes: u64,
-    ) -> std::io::Result<Cgroups> {
-        let mut groups = Cgroups::default();
-        let made = self.fill(&mut groups, id, pids_max, memory_bytes);
-        if let Err(e) = made {
-            let _ = groups.kill_and_remove();
-            return Err(e);
-        }
-        Ok(groups)
+    ) -> std::io::Result<()> {
+        self.fill(groups, id, pids_max, memory_bytes)
     }
 
     fn fill(
@@ -197,34 +194,40 @@ impl Cgroups {
             .collect()
     }
 
-    /// Live processes in the groups.
-    pub(super) fn members(&self) -> Vec<i32> {
-        let mut pids: Vec<i32> = self
-            .dirs
-            .iter()
-            .filter_map(|d| std::fs::read_to_string(d.join("cgroup.procs")).ok())
-            .flat_map(|t| {
-                t.lines()
-                    .filter_map(|l| l.trim().parse().ok())
-                    .collect::<Vec<i32>>()
-            })
-            .collect();
+    /// Live processes in the groups. A group that cannot be read (out of descriptors) is an
+    /// error, never "empty"; a group already removed is empty.
+    pub(super) fn members(&self) -> std::io::Result<Vec<i32>> {
+        let mut pids = Vec::new();
+        for d in &self.dirs {
+            let text = match std::fs::read_to_string(d.join("cgroup.procs")) {
+                Ok(t) => t,
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            pids.extend(text.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
+        }
         pids.sort_unstable();
         pids.dedup();
-        pids
+        Ok(pids)
     }
 
     /// SIGKILLs everything in the groups until they are empty, then removes them (and our
-    /// parent directories once this process has no group left).
+    /// parent directories once this process has no group left). Groups that could not be
+    /// removed stay in `self` for a later attempt. When the members cannot be listed (out of
+    /// descriptors), removal is still tried: `rmdir` needs no descriptor and fails on a busy
+    /// group.
     pub(super) fn kill_and_remove(&mut self) -> std::io::Result<()> {
         let end = Instant::now() + Duration::from_secs(10);
-        loop {
-            let pids = self.members();
+        let listed = loop {
+            let pids = match self.members() {
+                Ok(pids) => pids,
+                Err(e) => break Err(e),
+            };
             if pids.is_empty() {
-                break;
+                break Ok(());
             }
             for pid in pids {
-                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL); // ESRCH: already gone
             }
             if Instant::now() > end {
                 return Err(std::io::Error::other(
@@ -232,32 +235,50 @@ impl Cgroups {
                 ));
             }
             std::thread::sleep(Duration::from_micros(500));
-        }
+        };
+        // With an unreadable listing one try each; else a busy group gets a moment.
+        let patience = match listed {
+            Ok(()) => Duration::from_secs(5),
+            Err(_) => Duration::ZERO,
+        };
         let mut live = LIVE
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut result = Ok(());
+        let mut kept = Vec::new();
         for dir in std::mem::take(&mut self.dirs) {
-            let end = Instant::now() + Duration::from_secs(5);
+            let end = Instant::now() + patience;
             // An emptied group can stay busy for a moment while the last task is released.
             let removed = loop {
                 match std::fs::remove_dir(&dir) {
                     Ok(()) => break Ok(()),
                     Err(e) if e.kind() == ErrorKind::NotFound => break Ok(()),
-                    Err(e) if Instant::now() > end => break Err(e),
+                    Err(e) if Instant::now() >= end => break Err(e),
                     Err(_) => std::thread::sleep(Duration::from_micros(500)),
                 }
             };
-            *live = live.saturating_sub(1);
-            if *live == 0
-                && let Some(parent) = dir.parent()
-            {
-                let _ = std::fs::remove_dir(parent); // busy if another server uses it
-            }
-            if removed.is_err() {
-                result = removed;
+            match removed {
+                Ok(()) => {
+                    *live = live.saturating_sub(1);
+                    if *live == 0
+                        && let Some(parent) = dir.parent()
+                    {
+                        let _ = std::fs::remove_dir(parent); // busy if another server uses it
+                    }
+                }
+                Err(e) => {
+                    kept.push(dir);
+                    result = Err(match &listed {
+                        Err(l) => std::io::Error::new(
+                            l.kind(),
+                            format!("cannot list the group's processes ({l}); rmdir: {e}"),
+                        ),
+                        Ok(()) => e,
+                    });
+                }
             }
         }
+        self.dirs = kept;
         result
     }
 }

@@ -100,6 +100,17 @@ pub struct LocalConfig {
     /// How long creating a sandbox (bwrap start and supervisor handshake) may take, ms.
     #[arg(long = "local-create-timeout-ms", env = "ENV_SERVER_LOCAL_CREATE_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub create_timeout_ms: u64,
+
+    /// First wait before a failed sandbox cleanup (episode directory, cgroups, leftover
+    /// processes) is retried in the background, ms; each later wait doubles, up to 5 s
+    /// (`docs/cleanup.md`).
+    #[arg(long = "local-cleanup-retry-ms", env = "ENV_SERVER_LOCAL_CLEANUP_RETRY_MS", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+    pub cleanup_retry_ms: u64,
+
+    /// Background retries of a failed sandbox cleanup before it is given up and left to the
+    /// next start's orphan sweep.
+    #[arg(long = "local-cleanup-retries", env = "ENV_SERVER_LOCAL_CLEANUP_RETRIES", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..))]
+    pub cleanup_retries: u32,
 }
 
 impl Default for LocalConfig {
@@ -118,6 +129,8 @@ impl Default for LocalConfig {
             file_bytes: 4 << 30,
             open_files: 4096,
             create_timeout_ms: 10_000,
+            cleanup_retry_ms: 100,
+            cleanup_retries: 30,
         }
     }
 }

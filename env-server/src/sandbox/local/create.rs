@@ -10,11 +10,12 @@ use std::time::Duration;
 use nix::unistd::{Gid, Uid};
 
 use super::cgroup::{CgroupRoots, Cgroups};
+use super::cleanup::{Cleanup, Remains};
 use super::client::Channel;
 use super::launch::{Launch, launch, log_stderr};
 use super::owner::{DIR_PREFIX, Marker, UidClaim, claim_uid};
-use super::sandbox::{LocalSandbox, Parts};
-use super::{Backend, MISSING_BWRAP, argv, check_spec, files, next_id, proto, tree, unavailable};
+use super::sandbox::{GONE_DEADLINE, LocalSandbox, Parts};
+use super::{Backend, MISSING_BWRAP, argv, check_spec, files, next_id, proto, unavailable};
 use crate::sandbox::{SandboxError, SandboxSpec};
 
 /// Limits of one sandbox: the spec's, else the configured defaults (0 = none).
@@ -80,11 +81,14 @@ struct Prep {
     cgroups: CgroupRoots,
     id: String,
     limits: Limits,
+    cleanup: Arc<Cleanup>,
 }
 
-/// Lays out `<E>` and creates the cgroups; on failure removes what it made.
+/// Lays out `<E>` and creates the cgroups; on failure hands what it made to the cleanup queue,
+/// which retries a removal that fails too (an `EMFILE` mid-way: `docs/cleanup.md`).
 fn prepare(p: &Prep) -> std::io::Result<(Cgroups, Vec<OwnedFd>)> {
     std::fs::DirBuilder::new().mode(0o700).create(&p.dir)?;
+    let mut cgroups = Cgroups::default();
     let made = (|| {
         for (sub, mode) in [
             ("home", 0o755),
@@ -107,19 +111,25 @@ fn prepare(p: &Prep) -> std::io::Result<(Cgroups, Vec<OwnedFd>)> {
                 nix::unistd::chown(&path, owner.0, owner.1)?;
             }
         }
-        let mut cgroups = p.cgroups.create(&p.id, p.limits.pids, p.limits.memory)?;
-        match cgroups.join_fds() {
-            Ok(fds) => Ok((cgroups, fds)),
-            Err(e) => {
-                let _ = cgroups.kill_and_remove();
-                Err(e)
-            }
-        }
+        p.cgroups
+            .create(&mut cgroups, &p.id, p.limits.pids, p.limits.memory)?;
+        cgroups.join_fds()
     })();
-    if made.is_err() {
-        let _ = tree::remove_path(&p.dir);
+    match made {
+        Ok(fds) => Ok((cgroups, fds)),
+        Err(e) => {
+            let remains = Remains {
+                id: p.id.clone(),
+                dir: Some(p.dir.clone()),
+                cgroups,
+                claim: None, // nothing ran as its uid: the caller releases it
+                uid: None,
+                pid_ns: None,
+            };
+            p.cleanup.settle(remains, Duration::ZERO);
+            Err(e)
+        }
     }
-    made
 }
 
 /// Replaces host paths in a message meant for a client.
@@ -161,6 +171,7 @@ pub(super) async fn create(
         cgroups: b.cgroups.clone(),
         id: id.clone(),
         limits,
+        cleanup: Arc::clone(&b.cleanup),
     };
     let (cgroups, cgroup_join) = tokio::task::spawn_blocking(move || prepare(&prep))
         .await
@@ -200,13 +211,21 @@ pub(super) async fn create(
     let launched = match launched {
         Ok(l) => l,
         Err(e) => {
-            let (mut cgroups, dir) = (cgroups, dir.clone());
-            let _ = tokio::task::spawn_blocking(move || {
-                let _ = cgroups.kill_and_remove();
-                let _ = tree::remove_path(&dir);
-            })
-            .await;
-            drop(claim);
+            // Nothing was started: the directory and the cgroups go (or are queued).
+            let remains = Remains {
+                id: id.clone(),
+                dir: Some(dir.clone()),
+                cgroups,
+                uid: None, // nothing was started
+                claim,
+                pid_ns: None,
+            };
+            let cleanup = Arc::clone(&b.cleanup);
+            if let Err(e) =
+                tokio::task::spawn_blocking(move || cleanup.settle(remains, GONE_DEADLINE)).await
+            {
+                tracing::error!(sandbox = %id, error = %e, "the sandbox cleanup task failed");
+            }
             return Err(match e.kind() {
                 std::io::ErrorKind::NotFound => unavailable(MISSING_BWRAP),
                 _ => SandboxError::CreateFailed {
@@ -228,6 +247,7 @@ pub(super) async fn create(
         claim,
         dir: dir.clone(),
         pid_ns: None,
+        cleanup: Arc::clone(&b.cleanup),
     };
     let ready = match Channel::start(launched.to_sbx, launched.from_sbx) {
         Ok((chan, ready)) => {
@@ -263,13 +283,18 @@ pub(super) async fn create(
         Ok(ok) => ok,
         Err((chan, msg)) => {
             match chan {
+                // A failed removal is the cleanup queue's (logged, counted, retried).
                 Some(chan) => {
                     chan.close("sandbox creation failed");
-                    let _ = parts.run(&chan).await;
+                    if let Err(e) = parts.run(&chan).await {
+                        tracing::error!(sandbox = %id, error = %e, "the sandbox cleanup task failed");
+                    }
                 }
                 None => {
-                    let _ = parts.child.start_kill();
-                    let _ = tokio::task::spawn_blocking(move || parts.finish()).await;
+                    let _ = parts.child.start_kill(); // fails only when bwrap already exited
+                    if let Err(e) = tokio::task::spawn_blocking(move || parts.finish()).await {
+                        tracing::error!(sandbox = %id, error = %e, "the sandbox cleanup task failed");
+                    }
                 }
             }
             let _ = tokio::time::timeout(Duration::from_secs(1), log).await;

@@ -15,6 +15,7 @@
 
 mod argv;
 mod cgroup;
+mod cleanup;
 mod client;
 mod config;
 mod create;
@@ -35,6 +36,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+pub use cleanup::CleanupStats;
 pub use config::{CgroupMode, LocalConfig, LocalNetwork};
 pub use sandbox::LocalSandbox;
 
@@ -78,6 +80,8 @@ struct Backend {
     /// The root filesystem's `bin`, `lib`… (directories or merged-`/usr` symlinks).
     sys_dirs: Vec<(&'static str, argv::SysDir)>,
     config: LocalConfig,
+    /// Failed removals, retried in the background (`docs/cleanup.md`).
+    cleanup: Arc<cleanup::Cleanup>,
 }
 
 /// Finds `name` on the server's `PATH` (or checks it as given when it has a `/`).
@@ -238,8 +242,18 @@ impl LocalBackend {
                 cgroups,
                 sys_dirs,
                 config: config.clone(),
+                cleanup: cleanup::Cleanup::new(
+                    Duration::from_millis(config.cleanup_retry_ms),
+                    config.cleanup_retries,
+                ),
             }),
         })
+    }
+
+    /// The cleanup queue's counters: removals that failed and wait for a retry, retries made,
+    /// and how many sandboxes were cleaned on retry or given up (`docs/cleanup.md`).
+    pub fn cleanup_stats(&self) -> CleanupStats {
+        self.inner.cleanup.stats()
     }
 
     /// Creates a sandbox, returning the concrete type (for diagnostics and tests).
@@ -364,6 +378,18 @@ impl SandboxBackend for LocalBackend {
             .map_err(|e| SandboxError::Transport {
                 reason: format!("orphan sweep failed: {e}"),
             })
+    }
+
+    async fn shutdown(&self) {
+        let cleanup = Arc::clone(&self.inner.cleanup);
+        match tokio::task::spawn_blocking(move || cleanup.shutdown()).await {
+            Ok(0) => {}
+            Ok(left) => tracing::warn!(
+                left,
+                "sandboxes whose cleanup failed are left for the next start's orphan sweep"
+            ),
+            Err(e) => tracing::error!(error = %e, "the last sandbox cleanup failed"),
+        }
     }
 }
 

@@ -41,11 +41,18 @@ pub(crate) fn stat(pid: i32) -> Option<Stat> {
 
 /// Every pid in `/proc`.
 pub(crate) fn pids() -> Vec<i32> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .collect()
+    checked_pids().unwrap_or_default()
+}
+
+/// Every pid in `/proc`; an unreadable `/proc` (out of descriptors) is an error.
+fn checked_pids() -> std::io::Result<Vec<i32>> {
+    let mut pids = Vec::new();
+    for e in std::fs::read_dir("/proc")? {
+        if let Some(pid) = e?.file_name().to_str().and_then(|n| n.parse().ok()) {
+            pids.push(pid);
+        }
+    }
+    Ok(pids)
 }
 
 /// Live (non-zombie) processes of session `sid`, except `exclude`.
@@ -70,7 +77,16 @@ pub(crate) fn self_start_time() -> u64 {
 /// Live processes (host view) of a sandbox: in pid namespace `pid_ns` (`pid:[…]`) or owned by
 /// `uid` (a root server's per-sandbox uid). One pass over `/proc`.
 pub(crate) fn sandbox_members(pid_ns: Option<&str>, uid: Option<u32>) -> Vec<i32> {
-    pids()
+    sandbox_members_checked(pid_ns, uid).unwrap_or_default()
+}
+
+/// [`sandbox_members`], with an unreadable `/proc` an error rather than "none" (cleanup must
+/// not conclude that nothing is left from a listing it could not make).
+pub(crate) fn sandbox_members_checked(
+    pid_ns: Option<&str>,
+    uid: Option<u32>,
+) -> std::io::Result<Vec<i32>> {
+    Ok(checked_pids()?
         .into_iter()
         .filter(|&p| {
             let by_uid = uid.is_some_and(|u| {
@@ -82,9 +98,11 @@ pub(crate) fn sandbox_members(pid_ns: Option<&str>, uid: Option<u32>) -> Vec<i32
                         .is_ok_and(|l| l.as_os_str() == ns)
                 })
             };
-            (by_uid || by_ns()) && stat(p).is_some_and(|s| !s.is_zombie())
+            // Unless known to be a zombie: an unreadable stat (out of descriptors) counts as
+            // alive, and a process that vanished meanwhile is gone from the next listing.
+            (by_uid || by_ns()) && !stat(p).is_some_and(|s| s.is_zombie())
         })
-        .collect()
+        .collect())
 }
 
 #[cfg(test)]

@@ -5,19 +5,18 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
 use tokio::process::Child;
 
 use super::cgroup::Cgroups;
+use super::cleanup::{Cleanup, Remains};
 use super::client::{Channel, LocalProcess, REPLY_TIMEOUT};
 use super::owner::UidClaim;
 use super::proto::{self, ExecDoneHeader, ExecHeader, Frame, Kind, SpawnHeader};
-use super::{files, procfs, tree};
+use super::{files, procfs};
 use crate::sandbox::{
     CapturedOutput, ExecRequest, ExecResult, FileContents, Identity, Process, Sandbox,
     SandboxError, SpawnRequest,
@@ -28,7 +27,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 /// Largest output cap per stream honoured (one reply frame carries both streams).
 const MAX_OUTPUT_CAP: usize = 256 << 20;
 /// How long teardown waits for the sandbox's processes to disappear.
-const GONE_DEADLINE: Duration = Duration::from_secs(10);
+pub(super) const GONE_DEADLINE: Duration = Duration::from_secs(10);
 
 /// What teardown needs.
 pub(super) struct Parts {
@@ -38,11 +37,14 @@ pub(super) struct Parts {
     pub claim: Option<UidClaim>,
     pub dir: PathBuf,
     pub pid_ns: Option<String>,
+    /// The backend's cleanup queue.
+    pub cleanup: Arc<Cleanup>,
 }
 
 impl Parts {
     /// Stops `sbx` and bwrap gracefully (bwrap's PID 1 exits only once every process of its
-    /// namespace is gone), or kills bwrap after the grace; then [`Parts::finish`].
+    /// namespace is gone), or kills bwrap after the grace; then [`Parts::finish`]. A failed
+    /// removal is the cleanup queue's (logged, counted, retried), not an error here.
     pub(super) async fn run(mut self, chan: &Channel) -> Result<(), SandboxError> {
         let stop = async {
             let _ = chan.send(&proto::encode_raw(Kind::Shutdown, 0, b"")).await;
@@ -62,53 +64,29 @@ impl Parts {
             .await
             .map_err(|e| SandboxError::Transport {
                 reason: format!("sandbox teardown failed: {e}"),
-            })?
-            .map_err(|reason| SandboxError::Transport { reason })
+            })
+    }
+
+    /// What is left once bwrap is gone, for the cleanup queue.
+    fn remains(mut self) -> (Arc<Cleanup>, Remains) {
+        let uid = self.claim.as_ref().map(UidClaim::uid);
+        let remains = Remains {
+            id: self.id,
+            dir: Some(self.dir),
+            cgroups: self.cgroups,
+            claim: self.claim.take(),
+            uid,
+            pid_ns: self.pid_ns,
+        };
+        (self.cleanup, remains)
     }
 
     /// Blocking: SIGKILLs whatever of the sandbox is still seen from the host until nothing is,
-    /// removes the cgroups and the episode directory, releases the uid.
-    pub(super) fn finish(mut self) -> Result<(), String> {
-        let uid = self.claim.as_ref().map(UidClaim::uid);
-        let end = Instant::now() + GONE_DEADLINE;
-        let mut problems = Vec::new();
-        // Every process of the sandbox is in its cgroups (bwrap joined them before forking and
-        // nothing inside can leave them): then they are the whole truth, and much cheaper to
-        // read than a scan of the host's /proc.
-        let scan = self.cgroups.dirs().is_empty();
-        loop {
-            let left = match scan {
-                true => procfs::sandbox_members(self.pid_ns.as_deref(), uid),
-                false => self.cgroups.members(),
-            };
-            if left.is_empty() {
-                break;
-            }
-            for pid in left {
-                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-            }
-            if Instant::now() > end {
-                problems.push("processes of the sandbox survive SIGKILL".to_owned());
-                break;
-            }
-            std::thread::sleep(Duration::from_micros(500));
-        }
-        if let Err(e) = self.cgroups.kill_and_remove() {
-            problems.push(format!("removing the sandbox cgroups failed: {e}"));
-        }
-        if let Err(e) = tree::remove_path(&self.dir) {
-            problems.push(format!("removing the sandbox directory failed: {e}"));
-        }
-        if problems.is_empty() {
-            tracing::debug!(sandbox = %self.id, "sandbox destroyed");
-            return Ok(());
-        }
-        // Keep the uid claimed (leaked) rather than hand it to a new sandbox while its
-        // processes may live on.
-        std::mem::forget(self.claim.take());
-        let reason = problems.join("; ");
-        tracing::error!(sandbox = %self.id, "{reason}");
-        Err(reason)
+    /// removes the cgroups and the episode directory, releases the uid. What fails is logged,
+    /// counted and retried by the backend's cleanup queue (`docs/cleanup.md`).
+    pub(super) fn finish(self) {
+        let (cleanup, remains) = self.remains();
+        cleanup.settle(remains, GONE_DEADLINE);
     }
 }
 
@@ -421,12 +399,11 @@ impl Drop for LocalSandbox {
         tracing::warn!(sandbox = %self.id, "sandbox dropped without destroy; tearing it down");
         self.chan.close("the sandbox was dropped");
         // bwrap's PID 1 dies with bwrap (PR_SET_PDEATHSIG), and the namespace with it.
-        let _ = parts.child.start_kill();
-        let spawned = std::thread::Builder::new()
-            .name("openenv-sandbox-cleanup".to_owned())
-            .spawn(move || parts.finish());
-        if let Err(e) = spawned {
-            tracing::error!(sandbox = %self.id, error = %e, "cannot start the cleanup thread; the orphan sweep will remove the sandbox");
+        if let Err(e) = parts.child.start_kill() {
+            tracing::warn!(sandbox = %self.id, error = %e, "killing bwrap failed; the cleanup kills what is left of the sandbox");
         }
+        // The backend's cleanup thread does the blocking part (docs/cleanup.md).
+        let (cleanup, remains) = parts.remains();
+        cleanup.defer(remains);
     }
 }

@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
+use super::cleanup::Remains;
 use super::owner::{DIR_PREFIX, Marker, owner_alive, owner_of, uid_is_claimed};
-use super::{Backend, cgroup, procfs, tree};
+use super::{Backend, cgroup, procfs};
 
 /// Kills every process of a stale sandbox uid (no live server claims it).
 fn kill_uid(uid: u32) {
@@ -42,31 +43,37 @@ pub(super) fn sweep(b: &Backend) -> usize {
         let marker: Option<Marker> = std::fs::read(entry.path().join("owner"))
             .ok()
             .and_then(|bytes| serde_json::from_slice(&bytes).ok());
-        if let Some(uid) = marker
+        let uid = marker
             .and_then(|m| m.uid)
-            .filter(|u| range.contains(u) && !uid_is_claimed(*u))
-        {
+            .filter(|u| range.contains(u) && !uid_is_claimed(*u));
+        if let Some(uid) = uid {
             kill_uid(uid);
         }
-        if let Err(e) = b.cgroups.existing(id).kill_and_remove() {
-            tracing::warn!(sandbox = %id, error = %e, "removing the cgroups of an orphaned sandbox failed");
-        }
-        match tree::remove_path(&entry.path()) {
-            Ok(()) => {
-                tracing::info!(sandbox = %id, "removed an orphaned sandbox");
-                removed += 1;
-            }
-            Err(e) => {
-                tracing::warn!(sandbox = %id, error = %e, "removing an orphaned sandbox directory failed")
-            }
+        // What fails is logged, counted and retried by the cleanup queue (docs/cleanup.md).
+        let remains = Remains {
+            id: id.to_owned(),
+            dir: Some(entry.path()),
+            cgroups: b.cgroups.existing(id),
+            claim: None,
+            uid,
+            pid_ns: None,
+        };
+        if b.cleanup.settle(remains, Duration::from_secs(5)) {
+            tracing::info!(sandbox = %id, "removed an orphaned sandbox");
+            removed += 1;
         }
     }
     for (id, path) in cgroup::listed(&b.cgroups) {
-        if owner_of(&id).is_some()
-            && !owner_alive(&id)
-            && let Err(e) = cgroup::Cgroups::adopt(vec![path]).kill_and_remove()
-        {
-            tracing::warn!(sandbox = %id, error = %e, "removing an orphaned sandbox cgroup failed");
+        if owner_of(&id).is_some() && !owner_alive(&id) {
+            let remains = Remains {
+                id,
+                dir: None,
+                cgroups: cgroup::Cgroups::adopt(vec![path]),
+                claim: None,
+                uid: None,
+                pid_ns: None,
+            };
+            b.cleanup.settle(remains, Duration::from_secs(5));
         }
     }
     removed

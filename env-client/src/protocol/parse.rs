@@ -221,6 +221,13 @@ pub fn parse_json_lenient(text: &str) -> Result<Value, String> {
     match serde_json::from_str::<Value>(text) {
         Ok(value) => Ok(value),
         Err(err) => {
+            // Python refuses a leading BOM before parsing anything (`json.loads`).
+            if text.starts_with('\u{feff}') {
+                return Err(
+                    "Unexpected UTF-8 BOM (decode using utf-8-sig): line 1 column 1 (char 0)"
+                        .to_owned(),
+                );
+            }
             if let Some(rewritten) = replace_non_finite(text)
                 && let Ok(value) = serde_json::from_str::<Value>(&rewritten)
             {
@@ -252,9 +259,11 @@ fn replace_non_finite(text: &str) -> Option<String> {
             i += 1;
             continue;
         }
+        // Compared as bytes: `i` may sit inside a multi-byte character here (a stray `é`
+        // or BOM outside any string), where slicing the `str` would panic.
         let token = ["-Infinity", "Infinity", "NaN"]
             .into_iter()
-            .find(|t| text[i..].starts_with(t));
+            .find(|t| bytes[i..].starts_with(t.as_bytes()));
         if let Some(token) = token {
             out.push_str(&text[last..i]);
             out.push_str("null");

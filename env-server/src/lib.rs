@@ -12,10 +12,12 @@
 //! - [`envs`]: the [`envs::Environment`] trait and the environments (`echo`, `terminal`);
 //! - [`sandbox`]: the [`sandbox::Sandbox`] contract and its backends (`local`: bubblewrap);
 //! - [`pyjson`]: Python `json.dumps` layout for `/mcp` WebSocket replies;
-//! - [`panics`]: the panic hook that logs one bounded line per panic.
+//! - [`panics`]: the panic hook that logs one bounded line per panic;
+//! - [`fuzz`]: every inbound parser driven with mutated input (the fuzz test and benchmark).
 
 pub mod config;
 pub mod envs;
+pub mod fuzz;
 pub mod mcp;
 pub mod panics;
 pub mod pyjson;

@@ -208,21 +208,19 @@ fn internal_error() -> Response {
         .into_response()
 }
 
-/// The body of a request, or the answer when it cannot be read: 413 past `--max-body-bytes`
-/// (axum's [`DefaultBodyLimit`], set in [`app`]), 400 for a body that broke off.
-fn read_body(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, Response> {
-    body.map_err(|rejection| {
-        let status = rejection.status();
-        let detail = if status == StatusCode::PAYLOAD_TOO_LARGE {
-            format!(
-                "Request body too large: the limit is {limit} bytes \
-                 (--max-body-bytes, ENV_SERVER_MAX_BODY_BYTES)"
-            )
-        } else {
-            "Failed to read the request body".to_owned()
-        };
-        json_value_response(status, &json!({ "detail": detail }))
-    })
+/// The answer to a body that cannot be read: 413 past `--max-body-bytes` (axum's
+/// [`DefaultBodyLimit`], set in [`app`]), 400 for a body that broke off.
+fn body_rejection(rejection: &BytesRejection, limit: usize) -> Response {
+    let status = rejection.status();
+    let detail = if status == StatusCode::PAYLOAD_TOO_LARGE {
+        format!(
+            "Request body too large: the limit is {limit} bytes \
+             (--max-body-bytes, ENV_SERVER_MAX_BODY_BYTES)"
+        )
+    } else {
+        "Failed to read the request body".to_owned()
+    };
+    json_value_response(status, &json!({ "detail": detail }))
 }
 
 fn error_frame(data: ErrorData) -> String {
@@ -584,9 +582,9 @@ async fn mcp_post(
     State(state): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let body = match read_body(body, state.limits.max_body_bytes) {
+    let body = match body {
         Ok(body) => body,
-        Err(resp) => return resp,
+        Err(rejection) => return body_rejection(&rejection, state.limits.max_body_bytes),
     };
     let reply = match body_text(&body)
         .map_err(|_| ())
@@ -712,9 +710,9 @@ async fn http_reset(
     State(state): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let body = match read_body(body, state.limits.max_body_bytes) {
+    let body = match body {
         Ok(body) => body,
-        Err(resp) => return resp,
+        Err(rejection) => return body_rejection(&rejection, state.limits.max_body_bytes),
     };
     let kwargs = match body_object(&body, false) {
         Ok(map) => map,
@@ -762,9 +760,9 @@ async fn http_step(
     State(state): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let body = match read_body(body, state.limits.max_body_bytes) {
+    let body = match body {
         Ok(body) => body,
-        Err(resp) => return resp,
+        Err(rejection) => return body_rejection(&rejection, state.limits.max_body_bytes),
     };
     let mut request = match body_object(&body, true) {
         Ok(map) => map,

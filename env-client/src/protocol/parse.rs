@@ -327,7 +327,69 @@ fn python_json_error(text: &str, err: &serde_json::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
     use serde_json::json;
+
+    /// Golden frames with a piece of text (any characters: non-ASCII, BOM, controls, JSON
+    /// syntax) spliced in at a character boundary, and truncated at another.
+    fn mutated_frame() -> impl Strategy<Value = String> {
+        let golden = prop::sample::select(vec![
+            r#"{"type": "reset", "data": {"seed": 42, "episode_id": "ep-1"}}"#,
+            r#"{"type":"step","data":{"message":"hi","x":[1,2.5e3,null,NaN]}}"#,
+            r#"{"type": "state"}"#,
+            r#"{"type": "verify", "data": {}}"#,
+            r#"{"type": "mcp", "data": {"jsonrpc": "2.0", "method": "tools/list", "id": 1}}"#,
+        ]);
+        let piece = prop::string::string_regex(
+            r#"(\PC|[\x00-\x1f\u{feff}\u{2028}{}\[\]":,\\]|NaN|-Infinity|1e400){0,4}"#,
+        )
+        .expect("a valid regex");
+        (
+            golden,
+            piece,
+            any::<prop::sample::Index>(),
+            any::<prop::sample::Index>(),
+        )
+            .prop_map(|(golden, piece, at, cut)| {
+                let bounds: Vec<usize> = golden
+                    .char_indices()
+                    .map(|(i, _)| i)
+                    .chain([golden.len()])
+                    .collect();
+                let at = bounds[at.index(bounds.len())];
+                let mut text = format!("{}{piece}{}", &golden[..at], &golden[at..]);
+                let bounds: Vec<usize> = text
+                    .char_indices()
+                    .map(|(i, _)| i)
+                    .chain([text.len()])
+                    .collect();
+                if cut.index(4) == 0 {
+                    text.truncate(bounds[cut.index(bounds.len())]);
+                }
+                text
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// Nothing panics, and the fast path decodes only what the staged parse accepts, to
+        /// the same frame.
+        #[test]
+        fn any_text_gets_a_typed_outcome_and_both_paths_agree(text in prop_oneof![
+            any::<String>(),
+            mutated_frame(),
+        ]) {
+            let staged = parse_staged(&text);
+            if let Some(fast) = parse_well_formed(&text) {
+                prop_assert_eq!(Ok(fast), staged.clone());
+            }
+            prop_assert_eq!(parse_client_frame(&text), staged);
+            if let Err(detail) = parse_json_lenient(&text) {
+                prop_assert!(detail.contains(": line ") && detail.ends_with(')'), "{}", detail);
+            }
+        }
+    }
 
     #[test]
     fn the_fast_path_agrees_with_the_staged_parse() {

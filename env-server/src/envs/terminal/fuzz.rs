@@ -20,8 +20,8 @@ pub(crate) fn reset_args(kwargs: &JsonMap) -> Result<(), String> {
     }
     for backend in [backend.ok(), Some("hf")].into_iter().flatten() {
         if let Ok(args) = parse_args(kwargs, &config, backend) {
-            if args.command_timeout > config.max_command_timeout() || args.command_timeout.is_zero()
-            {
+            // (A positive timeout below a nanosecond, `5e-324`, is accepted as zero.)
+            if args.command_timeout > config.max_command_timeout() {
                 return Err(format!("command timeout {:?}", args.command_timeout));
             }
             for (path, _) in &args.files {

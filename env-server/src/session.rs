@@ -567,7 +567,7 @@ where
             registry.touch(&session);
             let out = match next {
                 Inbound::Binary => handler.on_binary(),
-                Inbound::Text(text) => match handler.on_text(text.as_str()) {
+                Inbound::Text(text) => match handle_text(&mut handler, text.as_str()) {
                     Handled::Reply(out) => out,
                     Handled::Pending(mut fut) => match (&mut fut).now_or_never() {
                         Some(out) => out,
@@ -660,6 +660,31 @@ where
         .release_socket(&session, destroy || ended == Ended::Cancelled)
         .await;
     ended
+}
+
+/// The close sent when handling a frame panicked: 1011, the server met an unexpected
+/// condition (RFC 6455 §7.4.1). The session ends; others are untouched.
+fn panicked() -> Outgoing {
+    tracing::error!("frame handler panicked; closing the session with 1011");
+    Outgoing {
+        frame: None,
+        close: Some((1011, "internal error".to_owned())),
+        requested: false,
+    }
+}
+
+/// Hands a text frame to the handler, so that a panic in it, now or in the request it starts,
+/// closes the connection with 1011 instead of dropping it (the panic hook has logged where).
+fn handle_text<H: FrameHandler>(handler: &mut H, text: &str) -> Handled {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler.on_text(text))) {
+        Ok(Handled::Reply(out)) => Handled::Reply(out),
+        Ok(Handled::Pending(fut)) => Handled::Pending(Box::pin(
+            std::panic::AssertUnwindSafe(fut)
+                .catch_unwind()
+                .map(|done| done.unwrap_or_else(|_| panicked())),
+        )),
+        Err(_) => Handled::Reply(panicked()),
+    }
 }
 
 /// Runs `fut`, turning a panic into an `EXECUTION_ERROR`-style outcome built by `on_panic`,

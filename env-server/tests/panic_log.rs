@@ -1,6 +1,7 @@
 //! A panic is logged as one bounded line, never with its message (`docs/fuzzing.md`): the
-//! binary's panic hook (`env_server::panics::install_hook`), a session task that panics (its
-//! `ReleaseGuard` frees the session) and an environment call that panics (`catch_panic`).
+//! binary's panic hook (`env_server::panics::install_hook`), a frame handler that panics (close
+//! 1011), a session task that panics elsewhere (its `ReleaseGuard` frees the session) and an
+//! environment call that panics (`catch_panic`).
 //!
 //! One test function: the panic hook and the log subscriber are process-wide.
 
@@ -14,7 +15,9 @@ use std::time::Duration;
 
 use axum::extract::ws::Message;
 use env_server::config::Limits;
-use env_server::session::{FrameHandler, Handled, Outgoing, Owner, Registry, catch_panic, drive};
+use env_server::session::{
+    Ended, FrameHandler, Handled, Outgoing, Owner, Registry, catch_panic, drive,
+};
 use futures_util::{Sink, Stream};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -41,13 +44,32 @@ impl Log {
     }
 }
 
-/// A socket fed from a channel; what the session sends is dropped.
-struct FakeSocket(mpsc::UnboundedReceiver<Message>);
+/// A socket fed from a channel that keeps what the session sends; with `broken`, sending a
+/// text frame panics (a bug outside the frame handler).
+struct FakeSocket {
+    inbound: mpsc::UnboundedReceiver<Message>,
+    sent: Arc<Mutex<Vec<Message>>>,
+    broken: bool,
+}
+
+impl FakeSocket {
+    fn new(frame: &str, broken: bool) -> (Self, Arc<Mutex<Vec<Message>>>) {
+        let (tx, inbound) = mpsc::unbounded_channel();
+        tx.send(Message::Text(frame.into())).unwrap();
+        let sent = Arc::new(Mutex::new(Vec::new()));
+        let socket = Self {
+            inbound,
+            sent: Arc::clone(&sent),
+            broken,
+        };
+        (socket, sent)
+    }
+}
 
 impl Stream for FakeSocket {
     type Item = Result<Message, axum::Error>;
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.0.poll_recv(cx).map(|m| m.map(Ok))
+        self.inbound.poll_recv(cx).map(|m| m.map(Ok))
     }
 }
 
@@ -56,7 +78,11 @@ impl Sink<Message> for FakeSocket {
     fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), axum::Error>> {
         Poll::Ready(Ok(()))
     }
-    fn start_send(self: Pin<&mut Self>, _: Message) -> Result<(), axum::Error> {
+    fn start_send(self: Pin<&mut Self>, msg: Message) -> Result<(), axum::Error> {
+        if self.broken && matches!(msg, Message::Text(_)) {
+            panic!("cannot send {msg:?}");
+        }
+        self.sent.lock().unwrap().push(msg);
         Ok(())
     }
     fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), axum::Error>> {
@@ -67,18 +93,32 @@ impl Sink<Message> for FakeSocket {
     }
 }
 
-/// A protocol handler with a bug: it panics on a frame, quoting it.
-struct Buggy;
+/// A protocol handler: with `buggy`, it panics on a frame, quoting it; else it echoes it.
+struct Handler {
+    buggy: bool,
+}
 
-impl FrameHandler for Buggy {
+impl FrameHandler for Handler {
     fn on_text(&mut self, text: &str) -> Handled {
-        panic!("cannot handle {text:?}");
+        assert!(!self.buggy, "cannot handle {text:?}");
+        Handled::Reply(Outgoing::frame(text.to_owned()))
     }
     fn on_binary(&mut self) -> Outgoing {
         Outgoing::default()
     }
     fn on_idle_timeout(&mut self, _: Duration) -> Outgoing {
         Outgoing::default()
+    }
+}
+
+async fn sessions_become(registry: &Registry, n: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while registry.active() != n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "session not released"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
@@ -92,34 +132,52 @@ async fn a_panic_is_one_bounded_line_without_its_message() {
         .init();
     env_server::panics::install_hook();
 
-    // A session task that panics: the session is released, the log has two lines.
     let registry = Arc::new(Registry::new(
         env_server::envs::factory("echo").unwrap(),
         4,
         CancellationToken::new(),
     ));
+    let frame = format!("{SECRET}\nsecond line");
+
+    // A frame handler that panics: the connection is closed with 1011 (not dropped), the
+    // session released; the log has two lines.
     let session = registry.admit(Owner::WebSocket).await.unwrap();
-    assert_eq!(registry.active(), 1);
-    let (tx, rx) = mpsc::unbounded_channel();
-    tx.send(Message::Text(format!("{SECRET}\nsecond line").into()))
-        .unwrap();
+    let (socket, sent) = FakeSocket::new(&frame, false);
+    let ended = drive(
+        socket,
+        Handler { buggy: true },
+        session,
+        Arc::clone(&registry),
+        Limits::default(),
+        CancellationToken::new(),
+    )
+    .await;
+    assert_eq!(ended, Ended::Server);
+    match sent.lock().unwrap().as_slice() {
+        [Message::Close(Some(close))] => {
+            assert_eq!(
+                (close.code, close.reason.as_str()),
+                (1011, "internal error")
+            );
+        }
+        other => panic!("expected one close frame, got {other:?}"),
+    }
+    sessions_become(&registry, 0).await;
+
+    // A panic elsewhere in the session's task (here: the socket): the task ends, its guard
+    // releases the session; the log has two lines.
+    let session = registry.admit(Owner::WebSocket).await.unwrap();
+    let (socket, _) = FakeSocket::new(&frame, true);
     let task = tokio::spawn(drive(
-        FakeSocket(rx),
-        Buggy,
+        socket,
+        Handler { buggy: false },
         session,
         Arc::clone(&registry),
         Limits::default(),
         CancellationToken::new(),
     ));
     assert!(task.await.unwrap_err().is_panic());
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while registry.active() != 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "session not released"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    sessions_become(&registry, 0).await;
 
     // An environment call that panics: the request fails, the log has two lines more.
     let failed = catch_panic(
@@ -136,7 +194,7 @@ async fn a_panic_is_one_bounded_line_without_its_message() {
         .iter()
         .filter(|l| l.contains("panicked at env-server/tests/panic_log.rs:"))
         .collect();
-    assert_eq!(hook_lines.len(), 2, "{text}");
+    assert_eq!(hook_lines.len(), 3, "{text}");
     for line in &hook_lines {
         assert!(
             line.ends_with("message withheld (it may quote client input)"),
@@ -144,26 +202,21 @@ async fn a_panic_is_one_bounded_line_without_its_message() {
         );
         assert!(line.len() < 300, "{line}");
     }
-    assert_eq!(
-        lines
-            .iter()
-            .filter(|l| l.contains("session task panicked; session released"))
-            .count(),
-        1,
-        "{text}"
-    );
-    assert_eq!(
-        lines
-            .iter()
-            .filter(|l| l.contains("environment panicked; the request failed"))
-            .count(),
-        1,
-        "{text}"
-    );
+    for event in [
+        "frame handler panicked; closing the session with 1011",
+        "session task panicked; session released",
+        "environment panicked; the request failed",
+    ] {
+        assert_eq!(
+            lines.iter().filter(|l| l.contains(event)).count(),
+            1,
+            "{event}:\n{text}"
+        );
+    }
     let backtrace_asked = ["RUST_LIB_BACKTRACE", "RUST_BACKTRACE"]
         .iter()
         .any(|v| std::env::var(v).is_ok_and(|v| v != "0"));
     if !backtrace_asked {
-        assert_eq!(lines.len(), 4, "one line per event, no backtrace:\n{text}");
+        assert_eq!(lines.len(), 6, "one line per event, no backtrace:\n{text}");
     }
 }

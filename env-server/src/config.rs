@@ -92,6 +92,11 @@ pub struct Limits {
     #[arg(long, env = "ENV_SERVER_MAX_FRAME_BYTES", default_value_t = 16 * 1024 * 1024)]
     pub max_frame_bytes: usize,
 
+    /// Largest HTTP request body (`POST /reset`, `/step`, `/mcp`); a larger one is answered
+    /// 413.
+    #[arg(long, env = "ENV_SERVER_MAX_BODY_BYTES", default_value_t = 2 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+
     /// A session with no request for this long is closed and destroyed (0 = never).
     #[arg(long, env = "ENV_SERVER_IDLE_TIMEOUT_S", default_value_t = 900)]
     pub idle_timeout_s: u64,
@@ -127,6 +132,7 @@ impl Default for Limits {
         Self {
             max_sessions: 64,
             max_frame_bytes: 16 * 1024 * 1024,
+            max_body_bytes: 2 * 1024 * 1024,
             idle_timeout_s: 900,
             keepalive_interval_s: 20,
             keepalive_timeout_s: 20,

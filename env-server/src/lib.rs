@@ -11,11 +11,15 @@
 //! - [`mcp`]: JSON-RPC dispatch shared by `/ws` `mcp` frames, the `/mcp` WebSocket and `POST /mcp`;
 //! - [`envs`]: the [`envs::Environment`] trait and the environments (`echo`, `terminal`);
 //! - [`sandbox`]: the [`sandbox::Sandbox`] contract and its backends (`local`: bubblewrap);
-//! - [`pyjson`]: Python `json.dumps` layout for `/mcp` WebSocket replies.
+//! - [`pyjson`]: Python `json.dumps` layout for `/mcp` WebSocket replies;
+//! - [`panics`]: the panic hook that logs one bounded line per panic;
+//! - [`fuzz`]: every inbound parser driven with mutated input (the fuzz test and benchmark).
 
 pub mod config;
 pub mod envs;
+pub mod fuzz;
 pub mod mcp;
+pub mod panics;
 pub mod pyjson;
 pub mod sandbox;
 pub mod server;

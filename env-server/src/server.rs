@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Query, State};
+use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
@@ -84,6 +85,7 @@ impl AppState {
 
 /// The router.
 pub fn app(state: Arc<AppState>) -> Router {
+    let body_limit = state.limits.max_body_bytes;
     Router::new()
         .route("/ws", any(ws_route))
         .route("/mcp", post(mcp_post).get(mcp_ws_route))
@@ -129,7 +131,15 @@ pub fn app(state: Arc<AppState>) -> Router {
                 Bytes::from_static(br#"{"detail":"Method Not Allowed"}"#),
             )
         })
-        .layer(tower_http::catch_panic::CatchPanicLayer::new())
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            |_payload: Box<dyn std::any::Any + Send>| {
+                // One bounded line: the panic hook logged where; the payload may quote the
+                // request, so it is dropped unread (`docs/fuzzing.md`).
+                tracing::error!("route handler panicked; answered 500");
+                internal_error()
+            },
+        ))
         .with_state(state)
 }
 
@@ -198,6 +208,21 @@ fn internal_error() -> Response {
         "Internal Server Error",
     )
         .into_response()
+}
+
+/// The answer to a body that cannot be read: 413 past `--max-body-bytes` (axum's
+/// [`DefaultBodyLimit`], set in [`app`]), 400 for a body that broke off.
+fn body_rejection(rejection: &BytesRejection, limit: usize) -> Response {
+    let status = rejection.status();
+    let detail = if status == StatusCode::PAYLOAD_TOO_LARGE {
+        format!(
+            "Request body too large: the limit is {limit} bytes \
+             (--max-body-bytes, ENV_SERVER_MAX_BODY_BYTES)"
+        )
+    } else {
+        "Failed to read the request body".to_owned()
+    };
+    json_value_response(status, &json!({ "detail": detail }))
 }
 
 fn error_frame(data: ErrorData) -> String {
@@ -555,8 +580,15 @@ impl FrameHandler for McpSocketHandler {
     }
 }
 
-async fn mcp_post(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
-    let reply = match std::str::from_utf8(&body)
+async fn mcp_post(
+    State(state): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => return body_rejection(&rejection, state.limits.max_body_bytes),
+    };
+    let reply = match body_text(&body)
         .map_err(|_| ())
         .and_then(|t| parse_json_lenient(t).map_err(|_| ()))
     {
@@ -576,12 +608,19 @@ fn unprocessable(detail: &[ValidationErrorItem]) -> Response {
     )
 }
 
+/// An HTTP body as text. Like Python's `json.loads` of the body's bytes (what FastAPI runs),
+/// a leading UTF-8 BOM is dropped; on the `/ws` socket, where the frame is already text, a BOM
+/// is the `INVALID_JSON` Python gives for it.
+fn body_text(body: &[u8]) -> Result<&str, std::str::Utf8Error> {
+    std::str::from_utf8(body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body))
+}
+
 /// Reads an optional JSON object body, as FastAPI does (empty body = `{}`).
 fn body_object(body: &Bytes, required: bool) -> Result<JsonMap, Vec<ValidationErrorItem>> {
     if body.is_empty() && !required {
         return Ok(JsonMap::new());
     }
-    let parsed = std::str::from_utf8(body)
+    let parsed = body_text(body)
         .map_err(|e| e.to_string())
         .and_then(parse_json_lenient);
     match parsed {
@@ -669,7 +708,14 @@ fn http_outcome(result: Result<StepOutcome, EnvError>) -> Response {
     }
 }
 
-async fn http_reset(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
+async fn http_reset(
+    State(state): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => return body_rejection(&rejection, state.limits.max_body_bytes),
+    };
     let kwargs = match body_object(&body, false) {
         Ok(map) => map,
         Err(errors) => return unprocessable(&errors),
@@ -712,7 +758,14 @@ async fn http_reset(State(state): State<Arc<AppState>>, body: Bytes) -> Response
     http_outcome(result)
 }
 
-async fn http_step(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
+async fn http_step(
+    State(state): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => return body_rejection(&rejection, state.limits.max_body_bytes),
+    };
     let mut request = match body_object(&body, true) {
         Ok(map) => map,
         Err(errors) => return unprocessable(&errors),

@@ -336,6 +336,13 @@ impl Drop for ReleaseGuard {
         if !self.armed {
             return;
         }
+        if std::thread::panicking() {
+            // One bounded line: the panic hook has logged where; the payload, which may quote
+            // client input, is never logged (`docs/fuzzing.md`).
+            tracing::error!(session_id = %self.session.id, "session task panicked; session released");
+        } else {
+            tracing::debug!(session_id = %self.session.id, "session task dropped; session released");
+        }
         let (registry, session) = (Arc::clone(&self.registry), Arc::clone(&self.session));
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             handle.spawn(async move { registry.release_socket(&session, true).await });
@@ -471,18 +478,39 @@ where
     true
 }
 
-/// The oversize-frame close reason, in the words of the official server.
-fn capacity_close(err: &axum::Error) -> Option<(u16, String)> {
+/// The close a read error calls for (RFC 6455 §7.4.1), when the peer broke the protocol:
+/// 1009 for a message over `--max-frame-bytes` (in the words of the official server), 1007 for
+/// a text message that is not UTF-8, 1002 for a frame the protocol forbids (an unknown opcode,
+/// reserved bits set, an unmasked client frame, a fragmented or oversized control frame, a
+/// stray continuation). `None` for the errors that leave nobody to tell (the peer vanished,
+/// I/O failed). The reasons hold no bytes of the offending frame (`docs/fuzzing.md`).
+pub fn violation_close(err: &axum::Error) -> Option<(u16, String)> {
+    use tungstenite::error::{CapacityError, ProtocolError};
     let inner = std::error::Error::source(err)?;
     match inner.downcast_ref::<tungstenite::Error>()? {
-        tungstenite::Error::Capacity(tungstenite::error::CapacityError::MessageTooLong {
-            size,
-            max_size,
-        }) => Some((
+        tungstenite::Error::Capacity(CapacityError::MessageTooLong { size, max_size }) => Some((
             1009,
             format!("frame with {size} bytes exceeds limit of {max_size} bytes"),
         )),
         tungstenite::Error::Capacity(other) => Some((1009, other.to_string())),
+        tungstenite::Error::Utf8(_) => Some((1007, "invalid UTF-8 in a text message".to_owned())),
+        tungstenite::Error::Protocol(
+            ProtocolError::ResetWithoutClosingHandshake
+            | ProtocolError::SendAfterClosing
+            | ProtocolError::ReceivedAfterClosing,
+        ) => None,
+        tungstenite::Error::Protocol(violation) => {
+            let mut reason = violation.to_string();
+            // A close reason holds at most 123 bytes.
+            if reason.len() > 123 {
+                let mut end = 123;
+                while !reason.is_char_boundary(end) {
+                    end -= 1;
+                }
+                reason.truncate(end);
+            }
+            Some((1002, reason))
+        }
         _ => None,
     }
 }
@@ -539,7 +567,7 @@ where
             registry.touch(&session);
             let out = match next {
                 Inbound::Binary => handler.on_binary(),
-                Inbound::Text(text) => match handler.on_text(text.as_str()) {
+                Inbound::Text(text) => match handle_text(&mut handler, text.as_str()) {
                     Handled::Reply(out) => out,
                     Handled::Pending(mut fut) => match (&mut fut).now_or_never() {
                         Some(out) => out,
@@ -586,8 +614,8 @@ where
                         break Ended::Peer;
                     }
                     Some(Err(err)) => {
-                        if let Some((code, reason)) = capacity_close(&err) {
-                            tracing::info!(%reason, "inbound frame over the limit");
+                        if let Some((code, reason)) = violation_close(&err) {
+                            tracing::info!(code, %reason, "protocol violation: closing the connection");
                             let _ = send_with_timeout(&mut socket, close_message(code, reason), Duration::from_secs(1)).await;
                             break Ended::Server;
                         }
@@ -632,6 +660,31 @@ where
         .release_socket(&session, destroy || ended == Ended::Cancelled)
         .await;
     ended
+}
+
+/// The close sent when handling a frame panicked: 1011, the server met an unexpected
+/// condition (RFC 6455 §7.4.1). The session ends; others are untouched.
+fn panicked() -> Outgoing {
+    tracing::error!("frame handler panicked; closing the session with 1011");
+    Outgoing {
+        frame: None,
+        close: Some((1011, "internal error".to_owned())),
+        requested: false,
+    }
+}
+
+/// Hands a text frame to the handler, so that a panic in it, now or in the request it starts,
+/// closes the connection with 1011 instead of dropping it (the panic hook has logged where).
+fn handle_text<H: FrameHandler>(handler: &mut H, text: &str) -> Handled {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler.on_text(text))) {
+        Ok(Handled::Reply(out)) => Handled::Reply(out),
+        Ok(Handled::Pending(fut)) => Handled::Pending(Box::pin(
+            std::panic::AssertUnwindSafe(fut)
+                .catch_unwind()
+                .map(|done| done.unwrap_or_else(|_| panicked())),
+        )),
+        Err(_) => Handled::Reply(panicked()),
+    }
 }
 
 /// Runs `fut`, turning a panic into an `EXECUTION_ERROR`-style outcome built by `on_panic`,

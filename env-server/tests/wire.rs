@@ -844,3 +844,296 @@ async fn http_routes_match_the_official_server() {
     }
     server.shutdown().await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Issue 10: input that once panicked the server, protocol violations, the body limit.
+
+#[tokio::test]
+async fn non_ascii_outside_strings_is_invalid_json_and_the_session_survives() {
+    let server = TestServer::default().await;
+    let mut bystander = Bystander::new(&server).await;
+    let mut ws = server.connect().await;
+    // Each of these once panicked the parser (a byte index inside `é` or the BOM) and dropped
+    // the connection without a close frame. Python's `json.loads` wording for each.
+    let script = [
+        ("é", "Expecting value: line 1 column 1 (char 0)"),
+        (
+            "\u{feff}{\"type\":\"state\"}",
+            "Unexpected UTF-8 BOM (decode using utf-8-sig): line 1 column 1 (char 0)",
+        ),
+        (
+            "{\"type\":\"state\"}é",
+            "Extra data: line 1 column 17 (char 16)",
+        ),
+        (
+            "{\"type\": \"step\", \"data\": {\"message\": é}}",
+            "Expecting value: line 1 column 38 (char 37)",
+        ),
+        ("\u{1F600}", "Expecting value: line 1 column 1 (char 0)"),
+    ];
+    for (sent, detail) in script {
+        assert_eq!(
+            request(&mut ws, sent).await,
+            format!(
+                r#"{{"type":"error","data":{{"message":"Invalid JSON: {detail}","code":"INVALID_JSON"}}}}"#
+            ),
+            "reply to {sent:?}"
+        );
+        bystander.still_steps().await;
+    }
+    // The same session still answers.
+    let reply = request(
+        &mut ws,
+        r#"{"type":"step","data":{"message":"still here"}}"#,
+    )
+    .await;
+    assert!(
+        reply.contains(r#""echoed_message":"still here""#),
+        "{reply}"
+    );
+    server.sessions_become(2).await;
+    // The /mcp WebSocket answers the JSON-RPC parse error in Python layout.
+    let mut mcp = server.connect_path("/mcp").await;
+    assert_eq!(
+        request(&mut mcp, "é").await,
+        r#"{"jsonrpc": "2.0", "id": null, "error": {"code": -32700, "message": "Parse error: Expecting value: line 1 column 1 (char 0)", "data": null}}"#
+    );
+    assert!(
+        request(
+            &mut mcp,
+            r#"{"jsonrpc": "2.0", "method": "tools/list", "id": 1}"#
+        )
+        .await
+        .contains("echo_message")
+    );
+    server.assert_healthy().await;
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn http_bodies_with_non_ascii_garbage_get_their_errors_not_a_500() {
+    let server = TestServer::default().await;
+    let parse_error = r#"{"jsonrpc":"2.0","id":null,"error":{"code":-32700,"message":"Parse error","data":null}}"#;
+    for body in ["é", "{\"jsonrpc\":\"2.0\"}é", "\u{feff}é", "[1, é]"] {
+        assert_eq!(
+            server.http("POST", "/mcp", body).await,
+            (200, parse_error.to_owned()),
+            "POST /mcp {body:?}"
+        );
+    }
+    // FastAPI reads the body's bytes with `json.loads`, which drops a leading BOM.
+    let (status, body) = server
+        .http(
+            "POST",
+            "/mcp",
+            "\u{feff}{\"jsonrpc\":\"2.0\",\"method\":\"nope\",\"id\":1}",
+        )
+        .await;
+    assert_eq!(
+        (status, body.as_str()),
+        (
+            200,
+            r#"{"jsonrpc":"2.0","id":1,"error":{"code":-32601,"message":"Method not found: nope","data":null}}"#
+        )
+    );
+    let invalid = |error: &str| {
+        format!(
+            r#"{{"detail":[{{"type":"json_invalid","loc":["body",0],"msg":"JSON decode error","input":{{}},"ctx":{{"error":"{error}"}}}}]}}"#
+        )
+    };
+    assert_eq!(
+        server.http("POST", "/reset", "é").await,
+        (422, invalid("Expecting value"))
+    );
+    assert_eq!(
+        server.http("POST", "/step", "{\"action\":{}}é").await,
+        (422, invalid("Extra data"))
+    );
+    let (status, body) = server.http("POST", "/reset", "\u{feff}{\"seed\":3}").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(r#""seed":3"#), "{body}");
+    server.assert_healthy().await;
+    server.shutdown().await;
+}
+
+/// A WebSocket on `/ws` opened by hand, to write frames no client library would.
+struct RawWs(TcpStream);
+
+impl RawWs {
+    async fn open(server: &TestServer) -> Self {
+        let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+        tcp.write_all(
+            b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut byte = [0u8; 1];
+            tokio::time::timeout(WAIT, tcp.read_exact(&mut byte))
+                .await
+                .unwrap()
+                .unwrap();
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8(head).unwrap();
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        Self(tcp)
+    }
+
+    /// Writes one frame: `first` is the FIN/RSV/opcode byte; masked with a fixed key unless
+    /// `masked` is false. Payloads stay under 126 bytes.
+    async fn write_frame(&mut self, first: u8, payload: &[u8], masked: bool) {
+        assert!(payload.len() < 126);
+        let len = u8::try_from(payload.len()).unwrap();
+        let mut frame = vec![first];
+        if masked {
+            let key = [0x37u8, 0xfa, 0x21, 0x3d];
+            frame.push(0x80 | len);
+            frame.extend_from_slice(&key);
+            frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+        } else {
+            frame.push(len);
+            frame.extend_from_slice(payload);
+        }
+        self.0.write_all(&frame).await.unwrap();
+    }
+
+    /// Reads server frames until a close frame and returns its code and reason; `None` when
+    /// the connection ends without one.
+    async fn read_close(&mut self) -> Option<(u16, String)> {
+        loop {
+            let mut head = [0u8; 2];
+            let read = tokio::time::timeout(WAIT, self.0.read_exact(&mut head))
+                .await
+                .expect("no close in time");
+            if read.is_err() {
+                return None;
+            }
+            let mut len = usize::from(head[1] & 0x7f);
+            if len == 126 {
+                let mut ext = [0u8; 2];
+                self.0.read_exact(&mut ext).await.unwrap();
+                len = usize::from(u16::from_be_bytes(ext));
+            }
+            assert!(len < 65536, "unexpected long frame");
+            let mut payload = vec![0u8; len];
+            self.0.read_exact(&mut payload).await.unwrap();
+            if head[0] & 0x0f == 0x8 {
+                assert!(payload.len() >= 2, "close frame without a code");
+                let code = u16::from_be_bytes([payload[0], payload[1]]);
+                return Some((code, String::from_utf8(payload[2..].to_vec()).unwrap()));
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn protocol_violations_close_with_the_rfc_6455_code() {
+    let server = TestServer::default().await;
+    let mut bystander = Bystander::new(&server).await;
+    // (what, FIN/RSV/opcode byte, payload, masked, close code)
+    let cases: [(&str, u8, &[u8], bool, u16); 9] = [
+        (
+            "invalid UTF-8 text",
+            0x81,
+            b"{\"type\":\"state\"}\xff",
+            true,
+            1007,
+        ),
+        ("truncated UTF-8 sequence", 0x81, b"\xc3", true, 1007),
+        ("reserved data opcode", 0x83, b"x", true, 1002),
+        ("reserved control opcode", 0x8b, b"", true, 1002),
+        (
+            "RSV1 without an extension",
+            0xc1,
+            b"{\"type\":\"state\"}",
+            true,
+            1002,
+        ),
+        (
+            "unmasked client frame",
+            0x81,
+            b"{\"type\":\"state\"}",
+            false,
+            1002,
+        ),
+        (
+            "continuation with nothing to continue",
+            0x80,
+            b"x",
+            true,
+            1002,
+        ),
+        ("fragmented ping", 0x09, b"", true, 1002),
+        (
+            "invalid UTF-8 across fragments",
+            0x01,
+            b"\xe2\x82",
+            true,
+            1007,
+        ),
+    ];
+    for (what, first, payload, masked, code) in cases {
+        let mut raw = RawWs::open(&server).await;
+        server.sessions_become(2).await;
+        raw.write_frame(first, payload, masked).await;
+        if first == 0x01 {
+            // The second half: `\xe2\x82` + `(` is no UTF-8 sequence.
+            raw.write_frame(0x80, b"(", true).await;
+        }
+        let close = raw.read_close().await;
+        let (got, reason) = close.unwrap_or_else(|| panic!("{what}: no close frame"));
+        assert_eq!(got, code, "{what}: close code (reason {reason:?})");
+        assert!(reason.len() <= 123, "{what}: {reason}");
+        assert!(
+            !reason.contains('\u{fffd}') && !reason.contains("type"),
+            "{what}: {reason}"
+        );
+        server.sessions_become(1).await;
+        bystander.still_steps().await;
+    }
+    // A valid fragmented text message still works (the fragments join into one frame).
+    let mut raw = RawWs::open(&server).await;
+    raw.write_frame(0x01, b"{\"type\":", true).await;
+    raw.write_frame(0x80, b"\"close\"}", true).await;
+    assert_eq!(raw.read_close().await, Some((1000, String::new())));
+    server.sessions_become(1).await;
+    server.assert_healthy().await;
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn http_bodies_over_the_limit_are_answered_413() {
+    let limits = Limits {
+        max_body_bytes: 1000,
+        ..Limits::default()
+    };
+    let server = TestServer::start(limits).await;
+    let detail = r#"{"detail":"Request body too large: the limit is 1000 bytes (--max-body-bytes, ENV_SERVER_MAX_BODY_BYTES)"}"#;
+    let message = |n: usize| format!(r#"{{"action":{{"message":"{}"}}}}"#, "a".repeat(n));
+    // Exactly at the limit is read; one byte more is not.
+    let at_limit = message(1000 - message(0).len());
+    assert_eq!(at_limit.len(), 1000);
+    let (status, body) = server.http("POST", "/step", &at_limit).await;
+    assert_eq!(status, 200, "{body}");
+    let over = message(1001 - message(0).len());
+    for path in ["/step", "/reset", "/mcp"] {
+        assert_eq!(
+            server.http("POST", path, &over).await,
+            (413, detail.to_owned()),
+            "POST {path}"
+        );
+    }
+    // The WebSocket frame cap is separate: a frame over the body limit is fine.
+    let mut ws = server.connect().await;
+    let frame = format!(
+        r#"{{"type":"step","data":{{"message":"{}"}}}}"#,
+        "a".repeat(2000)
+    );
+    let reply = request(&mut ws, &frame).await;
+    assert!(reply.contains(r#""message_length":2000"#), "{reply}");
+    server.assert_healthy().await;
+    server.shutdown().await;
+}

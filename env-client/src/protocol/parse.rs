@@ -221,6 +221,13 @@ pub fn parse_json_lenient(text: &str) -> Result<Value, String> {
     match serde_json::from_str::<Value>(text) {
         Ok(value) => Ok(value),
         Err(err) => {
+            // Python refuses a leading BOM before parsing anything (`json.loads`).
+            if text.starts_with('\u{feff}') {
+                return Err(
+                    "Unexpected UTF-8 BOM (decode using utf-8-sig): line 1 column 1 (char 0)"
+                        .to_owned(),
+                );
+            }
             if let Some(rewritten) = replace_non_finite(text)
                 && let Ok(value) = serde_json::from_str::<Value>(&rewritten)
             {
@@ -252,9 +259,11 @@ fn replace_non_finite(text: &str) -> Option<String> {
             i += 1;
             continue;
         }
+        // Compared as bytes: `i` may sit inside a multi-byte character here (a stray `é`
+        // or BOM outside any string), where slicing the `str` would panic.
         let token = ["-Infinity", "Infinity", "NaN"]
             .into_iter()
-            .find(|t| text[i..].starts_with(t));
+            .find(|t| bytes[i..].starts_with(t.as_bytes()));
         if let Some(token) = token {
             out.push_str(&text[last..i]);
             out.push_str("null");
@@ -286,7 +295,19 @@ fn python_json_error(text: &str, err: &serde_json::Error) -> String {
     while pos > 0 && !text.is_char_boundary(pos) {
         pos -= 1;
     }
+    // The last byte serde_json read: column counts the bytes read on the line, so column 0
+    // means the newline that ended the previous one.
+    let last_read = (line_start + err.column())
+        .saturating_sub(1)
+        .min(text.len().saturating_sub(1));
+    if what.starts_with("EOF while parsing") {
+        // Python reports the end of the text.
+        pos = text.len();
+    }
+    let ends_in_token = text.ends_with(|c: char| c.is_alphanumeric() || c == '-' || c == '.');
     let python = match what {
+        "EOF while parsing an object" | "EOF while parsing a list" => eof_message(text).to_owned(),
+        "EOF while parsing a value" if !ends_in_token => eof_message(text).to_owned(),
         "expected value" | "expected ident" | "EOF while parsing a value" | "invalid number" => {
             // Python reports the start of the bad token.
             while pos > 0
@@ -300,7 +321,49 @@ fn python_json_error(text: &str, err: &serde_json::Error) -> String {
         "key must be a string" => "Expecting property name enclosed in double quotes".to_owned(),
         "expected `,` or `}`" | "expected `,` or `]`" => "Expecting ',' delimiter".to_owned(),
         "expected `:`" => "Expecting ':' delimiter".to_owned(),
-        "EOF while parsing a string" => "Unterminated string".to_owned(),
+        "EOF while parsing a string" => match scan(text).open_string {
+            // A `\uXXXX` escape cut short by the end: Python points at its `u`.
+            Some((_, Some(u))) => {
+                pos = u;
+                "Invalid \\uXXXX escape".to_owned()
+            }
+            // Else at the string's opening quote.
+            Some((start, None)) => {
+                pos = start;
+                "Unterminated string starting at".to_owned()
+            }
+            None => "Unterminated string starting at".to_owned(),
+        },
+        "control character (\\u0000-\\u001F) found while parsing a string"
+            if text.is_char_boundary(last_read) =>
+        {
+            // Python points at the character itself, a newline too.
+            pos = last_read;
+            "Invalid control character at".to_owned()
+        }
+        "invalid escape" => {
+            // serde_json stops at or after the escape's bad character; Python points at the
+            // backslash, or at the `u` of a `\uXXXX` escape.
+            let mut end = last_read;
+            while end > 0 && !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            match text[..end].rfind('\\') {
+                Some(backslash) if text[backslash + 1..].starts_with('u') => {
+                    pos = backslash + 1;
+                    "Invalid \\uXXXX escape".to_owned()
+                }
+                Some(backslash) => {
+                    pos = backslash;
+                    "Invalid \\escape".to_owned()
+                }
+                None => "Invalid \\escape".to_owned(),
+            }
+        }
+        "trailing comma" if text[pos..].starts_with('}') => {
+            "Expecting property name enclosed in double quotes".to_owned()
+        }
+        "trailing comma" => "Expecting value".to_owned(),
         other => {
             let mut chars = other.chars();
             chars
@@ -315,10 +378,132 @@ fn python_json_error(text: &str, err: &serde_json::Error) -> String {
     format!("{python}: line {line} column {column} (char {char_index})")
 }
 
+/// What is still open at the end of a text: the innermost container (`{` or `[`), and a string
+/// (its opening quote, and the `u` of a `\uXXXX` escape that the end cuts short).
+struct OpenAtEnd {
+    container: Option<u8>,
+    open_string: Option<(usize, Option<usize>)>,
+}
+
+/// Scans `text` for what is open at its end (brackets inside strings do not count).
+fn scan(text: &str) -> OpenAtEnd {
+    let bytes = text.as_bytes();
+    let (mut i, mut stack, mut string) = (0, Vec::new(), None);
+    let mut short_escape = None;
+    while i < bytes.len() {
+        match (string, bytes[i]) {
+            (None, b'"') => string = Some(i),
+            (None, open @ (b'{' | b'[')) => stack.push(open),
+            (None, b'}' | b']') => {
+                stack.pop();
+            }
+            (Some(_), b'\\') => {
+                if bytes.get(i + 1) == Some(&b'u') && i + 6 > bytes.len() {
+                    short_escape = Some(i + 1);
+                }
+                i += 1;
+            }
+            (Some(_), b'"') => string = None,
+            _ => {}
+        }
+        i += 1;
+    }
+    OpenAtEnd {
+        container: stack.last().copied(),
+        open_string: string.map(|start| (start, short_escape.filter(|u| *u > start))),
+    }
+}
+
+/// Python's message for a text that ends where more was due, from the innermost open
+/// container and the last token: in an object a key after `{` or `,`, its `:` after a key, a
+/// value after `:`; in a list a value after `[` or `,`; else a `,`.
+fn eof_message(text: &str) -> &'static str {
+    const KEY: &str = "Expecting property name enclosed in double quotes";
+    let trimmed = text.trim_end_matches([' ', '\t', '\n', '\r']);
+    let last = trimmed.as_bytes().last().copied();
+    match (scan(trimmed).container, last) {
+        (Some(b'{'), Some(b'{' | b',')) => KEY,
+        (Some(b'{'), Some(b'"')) => {
+            // A key if the token before its opening quote opens a member.
+            let before = trimmed[..trimmed.len() - 1]
+                .rfind('"')
+                .map(|quote| trimmed[..quote].trim_end_matches([' ', '\t', '\n', '\r']));
+            match before.and_then(|t| t.as_bytes().last().copied()) {
+                Some(b'{' | b',') => "Expecting ':' delimiter",
+                _ => "Expecting ',' delimiter",
+            }
+        }
+        (Some(_), Some(b':' | b'[' | b',')) | (_, None) | (None, _) => "Expecting value",
+        _ => "Expecting ',' delimiter",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
     use serde_json::json;
+
+    /// Golden frames with a piece of text (any characters: non-ASCII, BOM, controls, JSON
+    /// syntax) spliced in at a character boundary, and truncated at another.
+    fn mutated_frame() -> impl Strategy<Value = String> {
+        let golden = prop::sample::select(vec![
+            r#"{"type": "reset", "data": {"seed": 42, "episode_id": "ep-1"}}"#,
+            r#"{"type":"step","data":{"message":"hi","x":[1,2.5e3,null,NaN]}}"#,
+            r#"{"type": "state"}"#,
+            r#"{"type": "verify", "data": {}}"#,
+            r#"{"type": "mcp", "data": {"jsonrpc": "2.0", "method": "tools/list", "id": 1}}"#,
+        ]);
+        let piece = prop::string::string_regex(
+            r#"(\PC|[\x00-\x1f\u{feff}\u{2028}{}\[\]":,\\]|NaN|-Infinity|1e400){0,4}"#,
+        )
+        .expect("a valid regex");
+        (
+            golden,
+            piece,
+            any::<prop::sample::Index>(),
+            any::<prop::sample::Index>(),
+        )
+            .prop_map(|(golden, piece, at, cut)| {
+                let bounds: Vec<usize> = golden
+                    .char_indices()
+                    .map(|(i, _)| i)
+                    .chain([golden.len()])
+                    .collect();
+                let at = bounds[at.index(bounds.len())];
+                let mut text = format!("{}{piece}{}", &golden[..at], &golden[at..]);
+                let bounds: Vec<usize> = text
+                    .char_indices()
+                    .map(|(i, _)| i)
+                    .chain([text.len()])
+                    .collect();
+                if cut.index(4) == 0 {
+                    text.truncate(bounds[cut.index(bounds.len())]);
+                }
+                text
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// Nothing panics, and the fast path decodes only what the staged parse accepts, to
+        /// the same frame.
+        #[test]
+        fn any_text_gets_a_typed_outcome_and_both_paths_agree(text in prop_oneof![
+            any::<String>(),
+            mutated_frame(),
+        ]) {
+            let staged = parse_staged(&text);
+            if let Some(fast) = parse_well_formed(&text) {
+                prop_assert_eq!(Ok(fast), staged.clone());
+            }
+            prop_assert_eq!(parse_client_frame(&text), staged);
+            if let Err(detail) = parse_json_lenient(&text) {
+                prop_assert!(detail.contains(": line ") && detail.ends_with(')'), "{}", detail);
+            }
+        }
+    }
 
     #[test]
     fn the_fast_path_agrees_with_the_staged_parse() {
@@ -384,6 +569,70 @@ mod tests {
             parse_json_lenient("{oops").unwrap_err(),
             "Expecting property name enclosed in double quotes: line 1 column 2 (char 1)"
         );
+    }
+
+    #[test]
+    fn python_wording_for_strings_ends_and_non_ascii() {
+        // Each pair checked against CPython 3's `json.loads`.
+        let cases = [
+            (
+                "\u{feff}{}",
+                "Unexpected UTF-8 BOM (decode using utf-8-sig): line 1 column 1 (char 0)",
+            ),
+            ("é", "Expecting value: line 1 column 1 (char 0)"),
+            ("{\"a\": é}", "Expecting value: line 1 column 7 (char 6)"),
+            (
+                "{\"é\": 1 x}",
+                "Expecting ',' delimiter: line 1 column 9 (char 8)",
+            ),
+            (
+                "{\"type\":\"state\"}é",
+                "Extra data: line 1 column 17 (char 16)",
+            ),
+            (
+                "\"a\nb\"",
+                "Invalid control character at: line 1 column 3 (char 2)",
+            ),
+            (
+                "{\"a\":\"\u{1}\"}",
+                "Invalid control character at: line 1 column 7 (char 6)",
+            ),
+            (
+                r#"{"a":"\q"}"#,
+                r"Invalid \escape: line 1 column 7 (char 6)",
+            ),
+            (r#"["é\x"]"#, r"Invalid \escape: line 1 column 4 (char 3)"),
+            (
+                "{\"a\": \"é\\n\\u",
+                r"Invalid \uXXXX escape: line 1 column 12 (char 11)",
+            ),
+            (
+                "[1, 2, {\"a",
+                "Unterminated string starting at: line 1 column 9 (char 8)",
+            ),
+            (
+                "{",
+                "Expecting property name enclosed in double quotes: line 1 column 2 (char 1)",
+            ),
+            (
+                "{\"a\":1,",
+                "Expecting property name enclosed in double quotes: line 1 column 8 (char 7)",
+            ),
+            (
+                "{\"a\": 1,}",
+                "Expecting property name enclosed in double quotes: line 1 column 9 (char 8)",
+            ),
+            (
+                "[1, 2, {\"a\"",
+                "Expecting ':' delimiter: line 1 column 12 (char 11)",
+            ),
+            ("[1", "Expecting ',' delimiter: line 1 column 3 (char 2)"),
+            ("[1,", "Expecting value: line 1 column 4 (char 3)"),
+            ("[1,]", "Expecting value: line 1 column 4 (char 3)"),
+        ];
+        for (text, python) in cases {
+            assert_eq!(parse_json_lenient(text).unwrap_err(), python, "{text:?}");
+        }
     }
 
     #[test]

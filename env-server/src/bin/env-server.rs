@@ -107,6 +107,8 @@ async fn shutdown_signal(token: CancellationToken) {
 /// backtrace even under `RUST_BACKTRACE=1`) and exit status 1.
 #[tokio::main]
 async fn main() -> ExitCode {
+    // A panic (caught per session or request) logs one bounded line, never its message.
+    env_server::panics::install_hook();
     match serve().await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

@@ -17,6 +17,7 @@
 mod config;
 mod episode;
 mod format;
+pub(crate) mod fuzz;
 mod reset;
 mod shell;
 mod state;

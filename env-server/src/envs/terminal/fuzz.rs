@@ -20,8 +20,9 @@ pub(crate) fn reset_args(kwargs: &JsonMap) -> Result<(), String> {
     }
     for backend in [backend.ok(), Some("hf")].into_iter().flatten() {
         if let Ok(args) = parse_args(kwargs, &config, backend) {
-            // (A positive timeout below a nanosecond, `5e-324`, is accepted as zero.)
-            if args.command_timeout > config.max_command_timeout() {
+            if args.command_timeout > config.max_command_timeout()
+                || args.command_timeout < std::time::Duration::from_millis(1)
+            {
                 return Err(format!("command timeout {:?}", args.command_timeout));
             }
             for (path, _) in &args.files {

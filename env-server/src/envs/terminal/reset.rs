@@ -64,6 +64,9 @@ pub(crate) struct ResetArgs {
     pub ignored: Vec<String>,
 }
 
+/// The shortest `command_timeout_s` accepted (one millisecond).
+const MIN_TIMEOUT_S: f64 = 0.001;
+
 const KNOWN: &[&str] = &[
     "seed",
     "episode_id",
@@ -330,13 +333,14 @@ pub(crate) fn parse_args(
     let command_timeout = match kwargs.get("command_timeout_s") {
         None | Some(Value::Null) => config.command_timeout().min(max),
         Some(v) => match v.as_f64() {
-            Some(s) if s.is_finite() && s > 0.0 && !v.is_boolean() => {
+            // A positive value that rounds to no time at all (`5e-324`) is no timeout either.
+            Some(s) if s.is_finite() && s >= MIN_TIMEOUT_S && !v.is_boolean() => {
                 Duration::try_from_secs_f64(s).unwrap_or(max).min(max)
             }
             _ => {
-                return Err(ResetError::value(
-                    "command_timeout_s must be a positive number",
-                ));
+                return Err(ResetError::value(format!(
+                    "command_timeout_s must be a number of at least {MIN_TIMEOUT_S}"
+                )));
             }
         },
     };
@@ -492,6 +496,8 @@ mod tests {
             Duration::from_millis(500)
         );
         assert!(parse(json!({"command_timeout_s": 0})).is_err());
+        assert!(parse(json!({"command_timeout_s": 5e-324})).is_err(), "rounds to no time");
+        assert!(parse(json!({"command_timeout_s": 0.001})).is_ok());
         assert!(parse(json!({"command_timeout_s": true})).is_err());
         assert!(parse(json!({"shell_mode": "tmux"})).is_err());
         let hf = parse_args(&JsonMap::new(), &TerminalConfig::default(), "hf").unwrap();

@@ -76,9 +76,12 @@ pub(crate) fn check_task_id(id: &str) -> Result<String, String> {
     Ok(parts.join("/"))
 }
 
+/// A positive, finite number of seconds; values that round to no time (`5e-324`) count as
+/// unset, so a task never gets a zero timeout.
 fn secs(v: Option<f64>) -> Option<Duration> {
     v.filter(|s| s.is_finite() && *s > 0.0)
         .and_then(|s| Duration::try_from_secs_f64(s).ok())
+        .filter(|d| *d >= Duration::from_millis(1))
 }
 
 /// Loads task `id` (already checked) from `root`.

@@ -278,9 +278,15 @@ async fn files_are_written_atomically_with_mode_and_owner_and_read_back() {
     .unwrap();
     let r = sh(&sb, "stat -c '%a %u %U' a/b/c.txt a; cat a/b/c.txt").await;
     assert_eq!(text(&r.stdout), "640 1000 user\n755 1000 user\ndata");
-    let host = sb.dir().join("home/a/b/c.txt");
+    // The file is in the sandbox's own tmpfs (its mount namespace), nothing of it on the host
+    // disk, and owned by the sandbox's host uid.
+    assert!(!sb.dir().join("home").exists());
+    let pid = sb.host_pids()[0];
+    let inside = format!("/proc/{pid}/root/home/user/a/b/c.txt");
+    let meta = std::fs::metadata(&inside).unwrap();
+    assert_eq!(meta.len(), 4);
     if let Some(uid) = sb.host_uid() {
-        assert_eq!(std::fs::metadata(&host).unwrap().uid(), uid);
+        assert_eq!(meta.uid(), uid);
     }
     let binary: Vec<u8> = (0..=255).collect();
     sb.write_file(
@@ -508,11 +514,20 @@ async fn identity_and_read_only_system() {
         "touch /usr/x",
         "touch /etc/x",
         "touch /bin/x",
-        "touch /.openenv/x",
-        "echo x > /.openenv/sbx",
+        "touch /x",
+        "touch /var/x",
+        "touch /dev/x",
+        "echo x >> /etc/passwd",
     ] {
         assert_ne!(sh(&sb, cmd).await.exit_code, Some(0), "{cmd} succeeded");
     }
+    // The writable places.
+    let r = sh(
+        &sb,
+        "touch ~/a /tmp/a /var/tmp/a /dev/shm/a /run/a && echo ok",
+    )
+    .await;
+    assert_eq!(text(&r.stdout), "ok\n", "{}", text(&r.stderr));
     let r = sh(
         &sb,
         &format!("cat {o}; mkdir -p $(dirname {o}) && echo pwned > {o}"),
@@ -633,7 +648,7 @@ async fn destroy_is_idempotent_and_removes_everything() {
     let pids = sb.host_pids();
     let dir = sb.dir().to_owned();
     assert_eq!(pids.len(), IDLE + 1);
-    assert!(dir.join("home").is_dir());
+    assert!(dir.join("owner").is_file());
     sb.destroy().await.unwrap();
     sb.destroy().await.unwrap();
     assert!(!dir.exists());

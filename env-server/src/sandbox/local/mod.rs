@@ -1,12 +1,13 @@
 //! The local backend: one bubblewrap sandbox per episode (`SANDBOXES.md` §2.2).
 //!
-//! [`LocalBackend::create`] makes the episode directory `<E>` (`home` → the work dir, `tmp` →
-//! `/tmp`, synthetic `/etc/passwd`, `group`, `hosts`), optionally cgroup v1 `pids`/`memory`
-//! groups, and starts one bwrap — own user, pid, ipc, uts, net and cgroup namespaces, no
-//! capabilities, cleared environment, read-only system directories — whose command is the
-//! supervisor `sbx` ([`sbx`], PID 2). The server talks to `sbx` over two pipes
-//! (`proto`); files are handled on the host (`files`). A root server runs each bwrap as its
-//! own unprivileged host uid, so the agent is not host root and `RLIMIT_NPROC` is per sandbox.
+//! [`LocalBackend::create`] makes the episode directory `<E>` (only the owner marker, for the
+//! orphan sweep), optionally cgroup v1 `pids`/`memory` groups, and starts one bwrap — own user,
+//! pid, ipc, uts, net and cgroup namespaces, no capabilities, cleared environment, read-only
+//! system directories, its own `/etc`, size-limited tmpfs mounts for every writable place
+//! (`docs/sandbox-local.md`) — whose command is the supervisor `sbx` ([`sbx`], PID 2, run from
+//! a sealed memfd). The server talks to `sbx` over two pipes (`proto`); files are handled on
+//! the host through the sandbox's mounts (`files`). A root server runs each bwrap as its own
+//! unprivileged host uid, so the agent is not host root and `RLIMIT_NPROC` is per sandbox.
 //!
 //! Layout: `config` (flags), `argv` (bwrap arguments), `launch` (spawning bwrap), `client`
 //! (server end of the channel), `create`, `sandbox` ([`LocalSandbox`], teardown), `files`, `tree`
@@ -48,9 +49,10 @@ const USERNS_HINT: &str = "user namespaces seem to be unavailable: check `sysctl
     and `user.max_user_namespaces` (must be > 0), and on Ubuntu 23.10+ AppArmor's \
     `kernel.apparmor_restrict_unprivileged_userns` (set it to 0 or give bwrap an AppArmor profile); \
     in a container, allow user namespaces (e.g. `--security-opt seccomp=unconfined --security-opt apparmor=unconfined`)";
-/// Added to bwrap errors that say a sandbox's own uid cannot reach its directory.
-const ROOT_HINT: &str = "the sandboxes' own uids cannot reach the sandbox root: use a directory every \
-    user can traverse (`--sandbox-root /tmp`, or `chmod o+x` the root and its parents)";
+/// Added to bwrap errors that say a sandbox's own uid cannot reach what it binds (the root
+/// filesystem's system directories: nothing else is bound from the host).
+const ROOT_HINT: &str = "the sandboxes' own uids cannot reach the root filesystem: use one every \
+    user can traverse (`--local-rootfs /`, or `chmod o+x` it and its parents)";
 /// Top-level directories a work dir may not be in.
 const RESERVED: &[&str] = &[
     "bin", "dev", "etc", "lib", "lib32", "lib64", "proc", "run", "sbin", "sys", "tmp", "usr", "var",
@@ -421,8 +423,7 @@ mod tests {
     #[test]
     fn probe_failures_name_their_fix() {
         let unreachable = probe_failure(SandboxError::CreateFailed {
-            reason: "bwrap: Can't find source path <sandbox-dir>/etc/passwd: Permission denied"
-                .to_owned(),
+            reason: "bwrap: Can't find source path /srv/rootfs/usr: Permission denied".to_owned(),
         });
         let text = unreachable.to_string();
         assert!(text.ends_with(ROOT_HINT), "{text}");

@@ -190,7 +190,9 @@ fn refused_start(env: &[(&str, &str)]) -> String {
 }
 
 #[test]
-fn a_sandbox_root_the_sandboxes_cannot_reach_is_one_line_naming_the_fix() {
+fn a_sandbox_root_only_the_server_can_reach_is_fine() {
+    // Sandboxes keep their files in their own tmpfs mounts and run the supervisor from a
+    // memfd: their uids never need to reach the sandbox root (docs/sandbox-local.md).
     if !nix::unistd::geteuid().is_root() {
         eprintln!("SKIP: only a root server gives sandboxes their own uids");
         return;
@@ -199,7 +201,7 @@ fn a_sandbox_root_the_sandboxes_cannot_reach_is_one_line_naming_the_fix() {
     std::fs::create_dir_all(&root).unwrap();
     std::fs::set_permissions(&root, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
     let mut cmd = clean_command();
-    let out = cmd
+    let mut child = cmd
         .args([
             "serve",
             "--env",
@@ -210,14 +212,22 @@ fn a_sandbox_root_the_sandboxes_cannot_reach_is_one_line_naming_the_fix() {
         ])
         .arg(&root)
         .env("RUST_LOG", "off")
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
     let _ = std::fs::remove_dir_all(&root);
-    assert!(!out.status.success());
-    let err = String::from_utf8(out.stderr).unwrap();
-    assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(err.contains("`--sandbox-root /tmp`"), "{err}");
-    assert!(!err.contains("user namespaces"), "{err}");
+    assert!(
+        line.starts_with("env-server listening on "),
+        "{line:?} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]

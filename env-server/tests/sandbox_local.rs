@@ -278,9 +278,15 @@ async fn files_are_written_atomically_with_mode_and_owner_and_read_back() {
     .unwrap();
     let r = sh(&sb, "stat -c '%a %u %U' a/b/c.txt a; cat a/b/c.txt").await;
     assert_eq!(text(&r.stdout), "640 1000 user\n755 1000 user\ndata");
-    let host = sb.dir().join("home/a/b/c.txt");
+    // The file is in the sandbox's own tmpfs (its mount namespace), nothing of it on the host
+    // disk, and owned by the sandbox's host uid.
+    assert!(!sb.dir().join("home").exists());
+    let pid = sb.host_pids()[0];
+    let inside = format!("/proc/{pid}/root/home/user/a/b/c.txt");
+    let meta = std::fs::metadata(&inside).unwrap();
+    assert_eq!(meta.len(), 4);
     if let Some(uid) = sb.host_uid() {
-        assert_eq!(std::fs::metadata(&host).unwrap().uid(), uid);
+        assert_eq!(meta.uid(), uid);
     }
     let binary: Vec<u8> = (0..=255).collect();
     sb.write_file(
@@ -508,11 +514,20 @@ async fn identity_and_read_only_system() {
         "touch /usr/x",
         "touch /etc/x",
         "touch /bin/x",
-        "touch /.openenv/x",
-        "echo x > /.openenv/sbx",
+        "touch /x",
+        "touch /var/x",
+        "touch /dev/x",
+        "echo x >> /etc/passwd",
     ] {
         assert_ne!(sh(&sb, cmd).await.exit_code, Some(0), "{cmd} succeeded");
     }
+    // The writable places.
+    let r = sh(
+        &sb,
+        "touch ~/a /tmp/a /var/tmp/a /dev/shm/a /run/a && echo ok",
+    )
+    .await;
+    assert_eq!(text(&r.stdout), "ok\n", "{}", text(&r.stderr));
     let r = sh(
         &sb,
         &format!("cat {o}; mkdir -p $(dirname {o}) && echo pwned > {o}"),
@@ -633,7 +648,7 @@ async fn destroy_is_idempotent_and_removes_everything() {
     let pids = sb.host_pids();
     let dir = sb.dir().to_owned();
     assert_eq!(pids.len(), IDLE + 1);
-    assert!(dir.join("home").is_dir());
+    assert!(dir.join("owner").is_file());
     sb.destroy().await.unwrap();
     sb.destroy().await.unwrap();
     assert!(!dir.exists());
@@ -915,4 +930,242 @@ async fn agent_killing_or_stopping_the_supervisor_only_ends_its_own_sandbox() {
     if let Some(uid) = uid {
         assert!(host_processes_of(uid).is_empty());
     }
+}
+
+const MIB: u64 = 1 << 20;
+
+/// A backend whose sandboxes have small writable mounts.
+fn small_backend() -> (LocalBackend, TestRoot) {
+    let root = test_root();
+    let config = LocalConfig {
+        work_dir_bytes: 64 * MIB,
+        tmp_bytes: 32 * MIB,
+        var_tmp_bytes: 8 * MIB,
+        dev_shm_bytes: 8 * MIB,
+        run_bytes: 2 * MIB,
+        ..config(&root.0)
+    };
+    (LocalBackend::new(&config).unwrap(), root)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_work_dir_fails_only_its_own_sandbox() {
+    let (b, root) = small_backend();
+    let full = b.create_local(SandboxSpec::default()).await.unwrap();
+    let other = b.create_local(SandboxSpec::default()).await.unwrap();
+    // Every writable place has its configured size.
+    let r = sh(
+        &full,
+        "df -B1 --output=size ~ /tmp /var/tmp /dev/shm /run | tail -n +2",
+    )
+    .await;
+    let sizes: Vec<u64> = text(&r.stdout)
+        .split_whitespace()
+        .map(|s| s.parse().unwrap())
+        .collect();
+    assert_eq!(sizes, [64 * MIB, 32 * MIB, 8 * MIB, 8 * MIB, 2 * MIB]);
+    // One fills its work dir while the other keeps writing and reading.
+    let fill = sh(
+        &full,
+        "head -c 200M /dev/zero > big; echo status=$?; stat -c %s big",
+    );
+    let work = sh(
+        &other,
+        "for i in $(seq 40); do head -c 1M /dev/urandom > f$i && cat f$i > /dev/null || exit 1; done; \
+         cat f* | wc -c",
+    );
+    let (fill, work) = tokio::join!(fill, work);
+    let out = text(&fill.stdout);
+    assert!(out.starts_with("status=1\n"), "{out}");
+    let written: u64 = out.lines().nth(1).unwrap().parse().unwrap();
+    assert!(written <= 64 * MIB, "{written}");
+    assert!(
+        text(&fill.stderr).contains("No space left on device"),
+        "{}",
+        text(&fill.stderr)
+    );
+    assert_eq!(
+        (work.exit_code, text(&work.stdout)),
+        (Some(0), format!("{}\n", 40 * MIB)),
+        "{}",
+        text(&work.stderr)
+    );
+    // The full sandbox's other places and its host-side writes: /tmp works, the work dir is
+    // full; the neighbour still takes files.
+    assert_eq!(
+        sh(&full, "echo x > /tmp/y && cat /tmp/y").await.exit_code,
+        Some(0)
+    );
+    let big = Bytes::from(vec![7u8; (2 * MIB) as usize]);
+    assert!(
+        full.write_file("/home/user/more", big.clone(), 0o644, Identity::Verifier)
+            .await
+            .is_err()
+    );
+    other
+        .write_file("/home/user/more", big, 0o644, Identity::Verifier)
+        .await
+        .unwrap();
+    // The 64 MiB live in the sandbox's own tmpfs, not on the host disk: the episode directory
+    // holds only the owner marker.
+    let pid = full.host_pids()[0];
+    let fs = nix::sys::statvfs::statvfs(format!("/proc/{pid}/root/home/user").as_str()).unwrap();
+    let total = fs.blocks() * fs.fragment_size();
+    assert_eq!((total, fs.blocks_available()), (64 * MIB, 0));
+    let on_host: Vec<String> = std::fs::read_dir(full.dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(on_host, ["owner"]);
+    let du = std::process::Command::new("du")
+        .args(["-s", "-B1"])
+        .arg(&root.0)
+        .output()
+        .unwrap();
+    let used: u64 = String::from_utf8_lossy(&du.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(used < MIB, "{used} bytes under the sandbox root");
+    // Teardown frees it.
+    full.destroy().await.unwrap();
+    other.destroy().await.unwrap();
+}
+
+/// The sandbox's memory cgroup usage, if it has one.
+fn memory_usage(sb: &LocalSandbox) -> Option<u64> {
+    let dir = sb
+        .cgroup_dirs()
+        .iter()
+        .find(|d| d.to_string_lossy().contains("memory"))?;
+    let text = std::fs::read_to_string(dir.join("memory.usage_in_bytes")).ok()?;
+    text.trim().parse().ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tmpfs_use_counts_against_the_memory_limit() {
+    let (b, _r) = small_backend();
+    let spec = SandboxSpec {
+        limits: SandboxLimits {
+            memory_bytes: Some(48 * MIB),
+            ..SandboxLimits::default()
+        },
+        ..SandboxSpec::default()
+    };
+    let sb = b.create_local(spec).await.unwrap();
+    let Some(before) = memory_usage(&sb) else {
+        eprintln!("no writable memory cgroup here: tmpfs use is not charged to a sandbox");
+        return sb.destroy().await.unwrap();
+    };
+    // 24 MiB in files, no process holding memory: the group is charged for them.
+    let r = sh(
+        &sb,
+        "head -c 16M /dev/zero > a && head -c 8M /dev/zero > /dev/shm/b",
+    )
+    .await;
+    assert_eq!(r.exit_code, Some(0), "{}", text(&r.stderr));
+    let after = memory_usage(&sb).unwrap();
+    assert!(
+        after >= before + 20 * MIB,
+        "usage {before} -> {after} after writing 24 MiB to tmpfs"
+    );
+    // The memory limit bounds the sum: 40 MiB more do not fit in 48 MiB. The group's OOM
+    // killer ends the writer (or, as tmpfs pages cannot be freed by killing, the supervisor
+    // too: the sandbox is then gone); the usage never passes the limit, and a neighbour is
+    // not affected.
+    let other = b.create_local(SandboxSpec::default()).await.unwrap();
+    let r = sb
+        .exec(bash(
+            "head -c 40M /dev/zero > c; echo status=$?",
+            Duration::from_secs(20),
+        ))
+        .await;
+    if let Ok(r) = &r {
+        assert!(!text(&r.stdout).contains("status=0"), "{r:?}");
+    }
+    let dir = sb
+        .cgroup_dirs()
+        .iter()
+        .find(|d| d.to_string_lossy().contains("memory"))
+        .unwrap();
+    let peak: u64 = std::fs::read_to_string(dir.join("memory.max_usage_in_bytes"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(peak <= 48 * MIB, "{peak}");
+    assert_eq!(text(&sh(&other, "echo fine").await.stdout), "fine\n");
+    sb.destroy().await.unwrap();
+    other.destroy().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sandbox_shows_nothing_of_its_host() {
+    let (sb, _b, root) = sandbox().await;
+    let pid = std::process::id().to_string();
+    assert!(
+        sb.id().len() >= 12 && !sb.id().contains(&pid),
+        "sandbox id {}",
+        sb.id()
+    );
+    let r = sh(
+        &sb,
+        "cat /proc/self/mountinfo /proc/self/cgroup; tr '\\0' ' ' < /proc/1/cmdline; echo; \
+         for p in /proc/[0-9]*; do readlink $p/exe; tr '\\0' ' ' < $p/cmdline; echo; done 2>/dev/null; \
+         cat /proc/1/comm /proc/2/comm; hostname; env",
+    )
+    .await;
+    let seen = text(&r.stdout);
+    let sbx = PathBuf::from(env!("CARGO_BIN_EXE_env-sbx"));
+    let install = sbx.parent().unwrap();
+    for host in [root.0.as_path(), sbx.as_path(), install] {
+        let host = host.display().to_string();
+        assert!(!seen.contains(&host), "{host} visible inside:\n{seen}");
+    }
+    assert!(!seen.contains("openenv-rs-"), "{seen}");
+    let tokens: Vec<&str> = seen.split(|c: char| !c.is_ascii_digit()).collect();
+    assert!(
+        !tokens.contains(&pid.as_str()),
+        "server pid {pid} visible:\n{seen}"
+    );
+    assert!(
+        seen.contains("/usr/bin/bwrap") && seen.contains("sbx\n"),
+        "{seen}"
+    );
+    // Its own /etc: its users, its name, none of the host's secrets or configuration.
+    let r = sh(
+        &sb,
+        "getent passwd | cut -d: -f1 | tr '\\n' ' '; echo; getent group | cut -d: -f1 | tr '\\n' ' '; \
+         echo; cat /etc/hostname; \
+         for f in shadow gshadow ssh sudoers machine-id fstab apt pip.conf gitconfig; do \
+           test -e /etc/$f && echo present $f; done; echo end",
+    )
+    .await;
+    assert_eq!(
+        text(&r.stdout),
+        "root user nobody \nroot user nogroup \nsandbox\nend\n"
+    );
+    // What tools need still works.
+    let r = sh(
+        &sb,
+        "awk 'BEGIN { print 1 + 1 }'; bash -lc 'echo login'; \
+         python3 -c 'import json, ssl; print(json.dumps(1))'",
+    )
+    .await;
+    assert_eq!(text(&r.stdout), "2\nlogin\n1\n", "{}", text(&r.stderr));
+    if Path::new("/etc/ssl/certs/ca-certificates.crt").exists() {
+        let r = sh(
+            &sb,
+            "python3 -c 'import ssl; print(ssl.create_default_context().cert_store_stats()[\"x509_ca\"] > 0)'",
+        )
+        .await;
+        assert_eq!(text(&r.stdout), "True\n", "{}", text(&r.stderr));
+    }
+    if Path::new("/usr/bin/openssl").exists() {
+        let r = sh(&sb, "openssl version -d").await;
+        assert_eq!(r.exit_code, Some(0), "{}", text(&r.stderr));
+    }
+    sb.destroy().await.unwrap();
 }

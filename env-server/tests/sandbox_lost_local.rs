@@ -110,16 +110,21 @@ async fn per_command_supervisor_killed_from_inside_ends_the_episode() {
     env.close().await;
 }
 
-/// Host pid of the supervisor of sandbox `id`: the `sbx` whose mounts include its directory.
+/// Host pid of the supervisor of sandbox `id`: the `sbx` in the sandbox's pids cgroup, whose
+/// name ends with the id (nothing inside a sandbox names a host path any more).
 fn supervisor_pid(id: &str) -> i32 {
-    let dir = format!("openenv-rs-{id}/");
+    let suffix = format!("-{id}");
     std::fs::read_dir("/proc")
         .unwrap()
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
         .find(|pid| {
             std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "sbx")
-                && std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
-                    .is_ok_and(|m| m.contains(&dir))
+                && std::fs::read_to_string(format!("/proc/{pid}/cgroup")).is_ok_and(|c| {
+                    c.lines().any(|l| {
+                        l.starts_with(|ch: char| ch.is_ascii_digit())
+                            && l.trim_end().ends_with(&suffix)
+                    })
+                })
         })
         .unwrap_or_else(|| panic!("no supervisor for {id}"))
 }

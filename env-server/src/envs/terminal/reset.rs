@@ -496,7 +496,10 @@ mod tests {
             Duration::from_millis(500)
         );
         assert!(parse(json!({"command_timeout_s": 0})).is_err());
-        assert!(parse(json!({"command_timeout_s": 5e-324})).is_err(), "rounds to no time");
+        assert!(
+            parse(json!({"command_timeout_s": 5e-324})).is_err(),
+            "rounds to no time"
+        );
         assert!(parse(json!({"command_timeout_s": 0.001})).is_ok());
         assert!(parse(json!({"command_timeout_s": true})).is_err());
         assert!(parse(json!({"shell_mode": "tmux"})).is_err());

@@ -1,11 +1,12 @@
-//! The bwrap argument list of one sandbox (`SANDBOXES.md` §2.2) and the synthetic account
-//! files it mounts. bwrap reads the options from a descriptor (`--args FD`), so neither host
-//! paths nor `--setenv` values appear in `/proc/1/cmdline` inside; only the command
-//! (`/.openenv/sbx init` with descriptor numbers and limits) is on bwrap's own command line,
+//! The bwrap argument list of one sandbox (`SANDBOXES.md` §2.2, `docs/sandbox-local.md`) and
+//! the files of its own `/etc`. bwrap reads the options from a descriptor (`--args FD`), so
+//! `--setenv` values do not appear in `/proc/1/cmdline` inside; only the command
+//! (`/proc/self/fd/N init` with descriptor numbers and limits) is on bwrap's own command line,
 //! because bwrap takes the command from there only.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
+use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 
 /// The fixed environment of every sandbox process (before `SandboxSpec::env`).
@@ -25,9 +26,11 @@ pub(super) fn base_env(work_dir: &str) -> Vec<(&'static str, String)> {
     ]
 }
 
-/// `/etc/passwd`, `/etc/group` and `/etc/hosts` of a sandbox: no host accounts.
-pub(super) fn etc_files(work_dir: &str) -> [(&'static str, String); 3] {
-    [
+/// The synthetic files of a sandbox's own `/etc` (a read-only tmpfs): its users and groups
+/// (no host accounts), hosts, hostname, name-service switch and resolver. `resolv` is the
+/// resolver configuration (the host's for an egress sandbox), `None` = no network.
+pub(super) fn etc_files(work_dir: &str, resolv: Option<&str>) -> Vec<(&'static str, String)> {
+    vec![
         (
             "passwd",
             format!(
@@ -43,7 +46,108 @@ pub(super) fn etc_files(work_dir: &str) -> [(&'static str, String); 3] {
             "hosts",
             "127.0.0.1 localhost sandbox\n::1 localhost ip6-localhost ip6-loopback\n".to_owned(),
         ),
+        ("hostname", "sandbox\n".to_owned()),
+        (
+            "nsswitch.conf",
+            "passwd: files\ngroup: files\nshadow: files\nhosts: files dns\nnetworks: files\n\
+             protocols: files\nservices: files\nethers: files\nrpc: files\n"
+                .to_owned(),
+        ),
+        (
+            "resolv.conf",
+            resolv.map_or_else(
+                || "# this sandbox has no network\n".to_owned(),
+                str::to_owned,
+            ),
+        ),
     ]
+}
+
+/// Entries of the root filesystem's `/etc` that sandboxes see (read-only), each only where it
+/// exists: what common tools need and nothing that describes the host or holds a secret.
+pub(super) const ETC_ALLOW: &[&str] = &[
+    "alternatives",
+    "bash.bashrc",
+    "ca-certificates.conf",
+    "debian_version",
+    "fonts",
+    "gai.conf",
+    "host.conf",
+    "inputrc",
+    "ld.so.cache",
+    "ld.so.conf",
+    "ld.so.conf.d",
+    "locale.alias",
+    "localtime",
+    "lsb-release",
+    "magic",
+    "magic.mime",
+    "manpath.config",
+    "mime.types",
+    "mtab",
+    "nanorc",
+    "netconfig",
+    "networks",
+    "os-release",
+    "perl",
+    "pki/ca-trust/extracted",
+    "pki/tls/certs",
+    "pki/tls/openssl.cnf",
+    "profile",
+    "profile.d",
+    "protocols",
+    "rpc",
+    "services",
+    "shells",
+    "ssl/certs",
+    "ssl/openssl.cnf",
+    "terminfo",
+    "timezone",
+    "vim",
+];
+
+/// Name prefixes of further allowed top-level `/etc` entries (versioned directories:
+/// `python3.11`, `java-17-openjdk`).
+pub(super) const ETC_ALLOW_PREFIXES: &[&str] = &["python3", "java-"];
+
+/// How an allowed `/etc` entry appears in sandboxes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum EtcEntry {
+    /// A file or directory: bound read-only.
+    Bind,
+    /// A symlink (`localtime -> /usr/share/zoneinfo/…`): the same symlink.
+    Symlink(PathBuf),
+}
+
+/// The allowed entries present in `rootfs`'s `/etc` (once, at backend creation), sorted.
+pub(super) fn etc_entries(rootfs: &Path) -> Vec<(String, EtcEntry)> {
+    let etc = rootfs.join("etc");
+    let mut names: Vec<String> = ETC_ALLOW.iter().map(|n| (*n).to_owned()).collect();
+    names.extend(
+        std::fs::read_dir(&etc)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| ETC_ALLOW_PREFIXES.iter().any(|p| n.starts_with(p))),
+    );
+    names.sort();
+    names.dedup();
+    names
+        .into_iter()
+        .filter_map(|name| {
+            let path = etc.join(&name);
+            let meta = std::fs::symlink_metadata(&path).ok()?;
+            let entry = if meta.file_type().is_symlink() {
+                EtcEntry::Symlink(std::fs::read_link(&path).ok()?)
+            } else if meta.is_file() || meta.is_dir() {
+                EtcEntry::Bind
+            } else {
+                return None;
+            };
+            Some((name, entry))
+        })
+        .collect()
 }
 
 /// How a top-level system directory of the root filesystem appears in sandboxes.
@@ -79,6 +183,21 @@ pub(super) fn sys_dirs(rootfs: &Path) -> Vec<(&'static str, SysDir)> {
         .collect()
 }
 
+/// Sizes of a sandbox's tmpfs mounts, bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Sizes {
+    /// The work dir.
+    pub work_dir: u64,
+    /// `/tmp`.
+    pub tmp: u64,
+    /// `/var/tmp`.
+    pub var_tmp: u64,
+    /// `/dev/shm`.
+    pub dev_shm: u64,
+    /// `/run`.
+    pub run: u64,
+}
+
 /// What the argument list is built from.
 #[derive(Debug)]
 pub(super) struct Layout<'a> {
@@ -86,22 +205,40 @@ pub(super) struct Layout<'a> {
     pub rootfs: &'a Path,
     /// Its top-level system directories ([`sys_dirs`]).
     pub sys_dirs: &'a [(&'static str, SysDir)],
-    /// The episode directory `<E>` (holds `home`, `tmp`, `etc`).
-    pub dir: &'a Path,
-    /// The supervisor binary on the host.
-    pub sbx: &'a Path,
+    /// Its allowed `/etc` entries ([`etc_entries`]).
+    pub etc: &'a [(String, EtcEntry)],
     /// The work dir inside.
     pub work_dir: &'a str,
     /// Extra environment (the spec's).
     pub env: &'a BTreeMap<String, String>,
     /// Whether the sandbox keeps the host network.
     pub egress: bool,
+    /// Sizes of the writable mounts.
+    pub sizes: Sizes,
+}
+
+/// Descriptors bwrap inherits, by number.
+#[derive(Debug)]
+pub(super) struct Fds<'a> {
+    /// Write end of the pipe bwrap reports its child's host pid on (`--info-fd`).
+    pub info: RawFd,
+    /// The sealed `env-sbx` memfd, executed as the supervisor.
+    pub sbx: RawFd,
+    /// The synthetic `/etc` files: (memfd, name in `/etc`).
+    pub etc: &'a [(RawFd, &'static str)],
 }
 
 /// bwrap's options (for `--args`) and its command line after them (`--`, the supervisor and
-/// `sbx_args`).
-pub(super) fn bwrap_args(l: &Layout<'_>, sbx_args: &[String]) -> (Vec<OsString>, Vec<OsString>) {
-    let mut a: Vec<OsString> = Vec::with_capacity(128);
+/// `sbx_args`). No option names a path under the sandbox root or the install directory: the
+/// writable places are tmpfs mounts, `/etc`'s own files are copied from descriptors and the
+/// supervisor runs from its memfd (`/proc/self/fd/N`), so `/proc/self/mountinfo` inside shows
+/// no host path but the root filesystem's system directories.
+pub(super) fn bwrap_args(
+    l: &Layout<'_>,
+    fds: &Fds<'_>,
+    sbx_args: &[String],
+) -> (Vec<OsString>, Vec<OsString>) {
+    let mut a: Vec<OsString> = Vec::with_capacity(160);
     let mut push = |items: &[&str]| a.extend(items.iter().map(OsString::from));
     push(&["--unshare-user", "--uid", "1000", "--gid", "1000"]);
     push(&[
@@ -120,6 +257,8 @@ pub(super) fn bwrap_args(l: &Layout<'_>, sbx_args: &[String]) -> (Vec<OsString>,
         "--new-session",
         "--cap-drop",
         "ALL",
+        "--info-fd",
+        &fds.info.to_string(),
     ]);
     push(&["--clearenv"]);
     let mut env: BTreeMap<&str, &str> = BTreeMap::new();
@@ -135,45 +274,93 @@ pub(super) fn bwrap_args(l: &Layout<'_>, sbx_args: &[String]) -> (Vec<OsString>,
     }
     let path = |p: &Path| p.as_os_str().to_owned();
     let sys = |name: &str| path(&l.rootfs.join(name));
-    let mut bind = |flag: &str, src: OsString, dest: &str| {
+    let mut three = |flag: &str, src: OsString, dest: &str| {
         a.push(flag.into());
         a.push(src);
         a.push(dest.into());
     };
-    bind("--ro-bind", sys("usr"), "/usr");
+    three("--ro-bind", sys("usr"), "/usr");
     for (name, kind) in l.sys_dirs {
         match kind {
-            SysDir::Dir => bind("--ro-bind-try", sys(name), &format!("/{name}")),
-            SysDir::Symlink(target) => bind("--symlink", path(target), &format!("/{name}")),
+            SysDir::Dir => three("--ro-bind-try", sys(name), &format!("/{name}")),
+            SysDir::Symlink(target) => three("--symlink", path(target), &format!("/{name}")),
             SysDir::Missing => {}
         }
     }
-    bind("--ro-bind", sys("etc"), "/etc");
-    for f in ["passwd", "group", "hosts"] {
-        bind(
-            "--ro-bind",
-            path(&l.dir.join("etc").join(f)),
-            &format!("/etc/{f}"),
-        );
-    }
+    // /etc: a tmpfs of its own, read-only once filled.
     let mut push = |items: &[&str]| a.extend(items.iter().map(OsString::from));
-    push(&[
-        "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/run", "--dir", "/var", "--tmpfs",
-        "/var/tmp",
-    ]);
-    let mut bind = |flag: &str, src: OsString, dest: &str| {
+    push(&["--perms", "0755", "--size", "1048576", "--tmpfs", "/etc"]);
+    for (fd, name) in fds.etc {
+        push(&[
+            "--perms",
+            "0644",
+            "--file",
+            &fd.to_string(),
+            &format!("/etc/{name}"),
+        ]);
+    }
+    let mut three = |flag: &str, src: OsString, dest: &str| {
         a.push(flag.into());
         a.push(src);
         a.push(dest.into());
     };
-    bind("--bind", path(&l.dir.join("home")), l.work_dir);
-    bind("--bind", path(&l.dir.join("tmp")), "/tmp");
-    bind("--ro-bind", path(l.sbx), "/.openenv/sbx");
+    for (name, entry) in l.etc {
+        let dest = format!("/etc/{name}");
+        match entry {
+            EtcEntry::Bind => three("--ro-bind-try", sys(&format!("etc/{name}")), &dest),
+            EtcEntry::Symlink(target) => three("--symlink", path(target), &dest),
+        }
+    }
+    let size = |n: u64| n.to_string();
+    let mut push = |items: &[&str]| a.extend(items.iter().map(OsString::from));
+    push(&["--remount-ro", "/etc"]);
+    // /dev: bwrap's minimal one, read-only but for its own /dev/shm (and the devices).
+    push(&["--dev", "/dev"]);
+    push(&[
+        "--perms",
+        "1777",
+        "--size",
+        &size(l.sizes.dev_shm),
+        "--tmpfs",
+        "/dev/shm",
+    ]);
+    push(&["--remount-ro", "/dev", "--proc", "/proc"]);
+    push(&[
+        "--perms",
+        "0755",
+        "--size",
+        &size(l.sizes.run),
+        "--tmpfs",
+        "/run",
+    ]);
+    push(&["--dir", "/var"]);
+    push(&[
+        "--perms",
+        "1777",
+        "--size",
+        &size(l.sizes.var_tmp),
+        "--tmpfs",
+        "/var/tmp",
+    ]);
+    push(&[
+        "--perms",
+        "0755",
+        "--size",
+        &size(l.sizes.work_dir),
+        "--tmpfs",
+        l.work_dir,
+    ]);
+    push(&[
+        "--perms",
+        "1777",
+        "--size",
+        &size(l.sizes.tmp),
+        "--tmpfs",
+        "/tmp",
+    ]);
     // The root itself (bwrap's tmpfs holding the mount points) read-only too.
-    a.extend(["--remount-ro".into(), "/".into()]);
-    a.push("--chdir".into());
-    a.push(l.work_dir.into());
-    let mut command: Vec<OsString> = vec!["--".into(), "/.openenv/sbx".into()];
+    push(&["--remount-ro", "/", "--chdir", l.work_dir]);
+    let mut command: Vec<OsString> = vec!["--".into(), format!("/proc/self/fd/{}", fds.sbx).into()];
     command.extend(sbx_args.iter().map(OsString::from));
     (a, command)
 }
@@ -194,23 +381,41 @@ mod tests {
     use super::*;
 
     #[test]
-    fn argv_has_the_hardening_and_no_network_by_default() {
+    fn argv_has_the_hardening_the_limits_and_no_host_path() {
         let env = BTreeMap::from([("TASK".to_owned(), "x".to_owned())]);
         let dirs = [
             ("bin", SysDir::Symlink("usr/bin".into())),
             ("lib64", SysDir::Dir),
             ("lib32", SysDir::Missing),
         ];
+        let etc = [
+            ("ssl/certs".to_owned(), EtcEntry::Bind),
+            (
+                "localtime".to_owned(),
+                EtcEntry::Symlink("/usr/share/zoneinfo/UTC".into()),
+            ),
+        ];
         let l = Layout {
             rootfs: Path::new("/"),
             sys_dirs: &dirs,
-            dir: Path::new("/tmp/openenv-rs-a-1"),
-            sbx: Path::new("/opt/env-sbx"),
+            etc: &etc,
             work_dir: "/home/user",
             env: &env,
             egress: false,
+            sizes: Sizes {
+                work_dir: 100,
+                tmp: 200,
+                var_tmp: 300,
+                dev_shm: 400,
+                run: 500,
+            },
         };
-        let (options, command) = bwrap_args(&l, &["init".to_owned()]);
+        let fds = Fds {
+            info: 5,
+            sbx: 6,
+            etc: &[(7, "passwd")],
+        };
+        let (options, command) = bwrap_args(&l, &fds, &["init".to_owned()]);
         let args: Vec<String> = options
             .into_iter()
             .chain(command)
@@ -221,20 +426,67 @@ mod tests {
             "--unshare-user --uid 1000 --gid 1000",
             "--unshare-net",
             "--clearenv",
+            "--info-fd 5",
             "--setenv TASK x",
             "--setenv HOME /home/user",
             "--ro-bind-try /lib64 /lib64",
             "--symlink usr/bin /bin",
-            "--ro-bind /tmp/openenv-rs-a-1/etc/passwd /etc/passwd",
-            "--bind /tmp/openenv-rs-a-1/home /home/user",
-            "--ro-bind /opt/env-sbx /.openenv/sbx",
-            "-- /.openenv/sbx init",
+            "--tmpfs /etc --perms 0644 --file 7 /etc/passwd",
+            "--ro-bind-try /etc/ssl/certs /etc/ssl/certs",
+            "--symlink /usr/share/zoneinfo/UTC /etc/localtime",
+            "--remount-ro /etc",
+            "--perms 1777 --size 400 --tmpfs /dev/shm --remount-ro /dev",
+            "--size 500 --tmpfs /run",
+            "--perms 1777 --size 300 --tmpfs /var/tmp",
+            "--perms 0755 --size 100 --tmpfs /home/user",
+            "--perms 1777 --size 200 --tmpfs /tmp",
+            "-- /proc/self/fd/6 init",
         ] {
             assert!(joined.contains(needle), "missing {needle:?} in {joined}");
         }
-        let (egress, _) = bwrap_args(&Layout { egress: true, ..l }, &[]);
+        assert!(!args.iter().any(|a| a == "--bind"), "{joined}");
+        let (egress, _) = bwrap_args(&Layout { egress: true, ..l }, &fds, &[]);
         assert!(!egress.iter().any(|a| a == "--unshare-net"));
         assert!(!joined.contains("lib32"));
         assert_eq!(nul_separated(&["a".into(), "bc".into()]), b"a\0bc\0");
+    }
+
+    #[test]
+    fn etc_has_no_host_account_and_only_allowed_host_entries() {
+        let files = etc_files("/w", None);
+        let names: Vec<&str> = files.iter().map(|(n, _)| *n).collect();
+        assert_eq!(
+            names,
+            [
+                "passwd",
+                "group",
+                "hosts",
+                "hostname",
+                "nsswitch.conf",
+                "resolv.conf"
+            ]
+        );
+        assert!(files[0].1.contains("user:x:1000:1000:user:/w:/bin/bash"));
+        let root = std::env::temp_dir().join(format!("oe-etc-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(root.join("etc/ssl/certs")).unwrap();
+        std::fs::create_dir_all(root.join("etc/python3.11")).unwrap();
+        std::fs::create_dir_all(root.join("etc/ssh")).unwrap();
+        std::fs::write(root.join("etc/shadow"), b"x").unwrap();
+        std::fs::write(root.join("etc/ld.so.cache"), b"x").unwrap();
+        std::os::unix::fs::symlink("/usr/share/zoneinfo/UTC", root.join("etc/localtime")).unwrap();
+        let got = etc_entries(&root);
+        assert_eq!(
+            got,
+            [
+                ("ld.so.cache".to_owned(), EtcEntry::Bind),
+                (
+                    "localtime".to_owned(),
+                    EtcEntry::Symlink("/usr/share/zoneinfo/UTC".into())
+                ),
+                ("python3.11".to_owned(), EtcEntry::Bind),
+                ("ssl/certs".to_owned(), EtcEntry::Bind),
+            ]
+        );
+        std::fs::remove_dir_all(&root).unwrap();
     }
 }

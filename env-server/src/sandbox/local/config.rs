@@ -28,8 +28,9 @@ pub enum CgroupMode {
 /// Settings of the local bubblewrap backend.
 #[derive(Debug, Clone, Args)]
 pub struct LocalConfig {
-    /// Where per-episode sandbox directories are created (default: the system temp dir). It
-    /// must be traversable by the sandbox uids (e.g. `/tmp`).
+    /// Where the per-episode marker directories (owner and labels, for the orphan sweep) are
+    /// created (default: the system temp dir). A sandbox's files are in its own tmpfs mounts,
+    /// never here.
     #[arg(long = "sandbox-root", env = "ENV_SERVER_SANDBOX_ROOT")]
     pub sandbox_root: Option<PathBuf>,
 
@@ -45,7 +46,8 @@ pub struct LocalConfig {
     #[arg(long = "sbx-path", env = "ENV_SERVER_SBX_PATH")]
     pub sbx_path: Option<PathBuf>,
 
-    /// Root filesystem whose /usr, /bin, /sbin, /lib*, /etc sandboxes see read-only.
+    /// Root filesystem whose /usr, /bin, /sbin, /lib* sandboxes see read-only, and whose /etc
+    /// lends the few entries tools need (certificates, alternatives, ld.so cache…).
     #[arg(
         long = "local-rootfs",
         env = "ENV_SERVER_LOCAL_ROOTFS",
@@ -97,6 +99,27 @@ pub struct LocalConfig {
     )]
     pub open_files: u64,
 
+    /// Size of the sandbox's work dir, bytes: a tmpfs of its own (in memory, charged to the
+    /// sandbox's memory cgroup); a command that fills it gets `ENOSPC`.
+    #[arg(long = "local-work-dir-bytes", env = "ENV_SERVER_LOCAL_WORK_DIR_BYTES", default_value_t = 768 << 20, value_parser = clap::value_parser!(u64).range(1..))]
+    pub work_dir_bytes: u64,
+
+    /// Size of the sandbox's `/tmp` tmpfs, bytes.
+    #[arg(long = "local-tmp-bytes", env = "ENV_SERVER_LOCAL_TMP_BYTES", default_value_t = 256 << 20, value_parser = clap::value_parser!(u64).range(1..))]
+    pub tmp_bytes: u64,
+
+    /// Size of the sandbox's `/var/tmp` tmpfs, bytes.
+    #[arg(long = "local-var-tmp-bytes", env = "ENV_SERVER_LOCAL_VAR_TMP_BYTES", default_value_t = 64 << 20, value_parser = clap::value_parser!(u64).range(1..))]
+    pub var_tmp_bytes: u64,
+
+    /// Size of the sandbox's `/dev/shm` tmpfs, bytes.
+    #[arg(long = "local-dev-shm-bytes", env = "ENV_SERVER_LOCAL_DEV_SHM_BYTES", default_value_t = 64 << 20, value_parser = clap::value_parser!(u64).range(1..))]
+    pub dev_shm_bytes: u64,
+
+    /// Size of the sandbox's `/run` tmpfs, bytes.
+    #[arg(long = "local-run-bytes", env = "ENV_SERVER_LOCAL_RUN_BYTES", default_value_t = 16 << 20, value_parser = clap::value_parser!(u64).range(1..))]
+    pub run_bytes: u64,
+
     /// How long creating a sandbox (bwrap start and supervisor handshake) may take, ms.
     #[arg(long = "local-create-timeout-ms", env = "ENV_SERVER_LOCAL_CREATE_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub create_timeout_ms: u64,
@@ -128,6 +151,11 @@ impl Default for LocalConfig {
             memory_bytes: 4 << 30,
             file_bytes: 4 << 30,
             open_files: 4096,
+            work_dir_bytes: 768 << 20,
+            tmp_bytes: 256 << 20,
+            var_tmp_bytes: 64 << 20,
+            dev_shm_bytes: 64 << 20,
+            run_bytes: 16 << 20,
             create_timeout_ms: 10_000,
             cleanup_retry_ms: 100,
             cleanup_retries: 30,

@@ -1,8 +1,9 @@
-//! Creating a local sandbox: claim a uid, lay out `<E>`, create the cgroups, start bwrap and
-//! wait for `sbx`'s `Ready`. Any failure tears down whatever was made.
+//! Creating a local sandbox: claim a uid, make `<E>` (the owner marker), create the cgroups,
+//! start bwrap, wait for `sbx`'s `Ready` and open the sandbox's writable mounts from the host.
+//! Any failure tears down whatever was made.
 
 use std::os::fd::{OwnedFd, RawFd};
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -75,51 +76,32 @@ impl Limits {
 /// Everything `prepare` needs, owned (it runs on a blocking thread).
 struct Prep {
     dir: PathBuf,
-    uid: Option<u32>,
     marker: Marker,
-    work_dir: String,
     cgroups: CgroupRoots,
-    id: String,
+    /// The host name (cgroups).
+    host: String,
     limits: Limits,
     cleanup: Arc<Cleanup>,
 }
 
-/// Lays out `<E>` and creates the cgroups; on failure hands what it made to the cleanup queue,
-/// which retries a removal that fails too (an `EMFILE` mid-way: `docs/cleanup.md`).
+/// Makes `<E>` with the owner marker (nothing of the sandbox's files: those are in its tmpfs
+/// mounts) and creates the cgroups; on failure hands what it made to the cleanup queue, which
+/// retries a removal that fails too (an `EMFILE` mid-way: `docs/cleanup.md`).
 fn prepare(p: &Prep) -> std::io::Result<(Cgroups, Vec<OwnedFd>)> {
     std::fs::DirBuilder::new().mode(0o700).create(&p.dir)?;
     let mut cgroups = Cgroups::default();
     let made = (|| {
-        for (sub, mode) in [
-            ("home", 0o755),
-            ("tmp", 0o1777),
-            ("trash", 0o700),
-            ("etc", 0o755),
-        ] {
-            let path = p.dir.join(sub);
-            std::fs::create_dir(&path)?;
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
-        }
-        for (name, text) in argv::etc_files(&p.work_dir) {
-            std::fs::write(p.dir.join("etc").join(name), text)?;
-        }
         let marker = serde_json::to_vec(&p.marker).map_err(std::io::Error::other)?;
         std::fs::write(p.dir.join("owner"), marker)?;
-        if let Some(uid) = p.uid {
-            let owner = (Some(Uid::from_raw(uid)), Some(Gid::from_raw(uid)));
-            for path in [p.dir.clone(), p.dir.join("home"), p.dir.join("tmp")] {
-                nix::unistd::chown(&path, owner.0, owner.1)?;
-            }
-        }
         p.cgroups
-            .create(&mut cgroups, &p.id, p.limits.pids, p.limits.memory)?;
+            .create(&mut cgroups, &p.host, p.limits.pids, p.limits.memory)?;
         cgroups.join_fds()
     })();
     match made {
         Ok(fds) => Ok((cgroups, fds)),
         Err(e) => {
             let remains = Remains {
-                id: p.id.clone(),
+                id: p.host.clone(),
                 dir: Some(p.dir.clone()),
                 cgroups,
                 claim: None, // nothing ran as its uid: the caller releases it
@@ -143,23 +125,60 @@ fn redact(text: &str, paths: &[(&Path, &str)]) -> String {
     out
 }
 
+/// Reads the host pid of the sandbox's PID 1 from bwrap's `--info-fd` pipe (bwrap writes it
+/// right after the clone, so it is there once `sbx` is ready) and opens the sandbox's mounts
+/// through it.
+async fn open_mounts(
+    info: OwnedFd,
+    pid_ns: &str,
+    work_dir: &[String],
+) -> Result<files::Mounts, String> {
+    use tokio::io::AsyncReadExt;
+    #[derive(serde::Deserialize)]
+    struct Info {
+        #[serde(rename = "child-pid")]
+        child_pid: i32,
+    }
+    let mut reader = tokio::net::unix::pipe::Receiver::from_owned_fd(info)
+        .map_err(|e| format!("bwrap's info pipe: {e}"))?;
+    let mut text = Vec::new();
+    let read = tokio::time::timeout(
+        Duration::from_secs(5),
+        (&mut reader).take(64 << 10).read_to_end(&mut text),
+    )
+    .await;
+    // bwrap closes its end after writing; a partial read is still tried.
+    if let Ok(Err(e)) = read {
+        return Err(format!("bwrap's info pipe: {e}"));
+    }
+    let info: Info = serde_json::from_slice(&text)
+        .map_err(|e| format!("bwrap's info ({e}): {}", String::from_utf8_lossy(&text)))?;
+    let (pid_ns, work_dir) = (pid_ns.to_owned(), work_dir.to_vec());
+    tokio::task::spawn_blocking(move || files::open_mounts(info.child_pid, &pid_ns, &work_dir))
+        .await
+        .map_err(|e| format!("opening the sandbox's mounts: {e}"))?
+}
+
 /// Creates a sandbox.
 pub(super) async fn create(
     b: &Arc<Backend>,
     spec: SandboxSpec,
 ) -> Result<LocalSandbox, SandboxError> {
     let egress = check_spec(&b.config, &spec)?;
-    let id = next_id(&b.instance);
+    let work_comps: Vec<String> = files::components(&spec.work_dir)?
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    let (id, host) = next_id(&b.instance);
     let claim: Option<UidClaim> = match b.dedicated_uids {
         true => Some(claim_uid(b.config.uid_base, b.config.uid_count)?),
         false => None,
     };
     let uid = claim.as_ref().map(UidClaim::uid);
-    let dir = b.root.join(format!("{DIR_PREFIX}{id}"));
+    let dir = b.root.join(format!("{DIR_PREFIX}{host}"));
     let limits = Limits::resolve(b, &spec);
     let prep = Prep {
         dir: dir.clone(),
-        uid,
         marker: Marker {
             pid: std::process::id().cast_signed(),
             start: super::procfs::self_start_time(),
@@ -167,9 +186,8 @@ pub(super) async fn create(
             uid,
             labels: spec.labels.clone(),
         },
-        work_dir: spec.work_dir.clone(),
         cgroups: b.cgroups.clone(),
-        id: id.clone(),
+        host,
         limits,
         cleanup: Arc::clone(&b.cleanup),
     };
@@ -182,30 +200,51 @@ pub(super) async fn create(
             reason: format!("preparing the sandbox directory failed: {e}"),
         })?;
     let cgroup_dirs = cgroups.dirs().to_vec();
-    let (rootfs, sbx, env, work_dir) = (
+    let (rootfs, env, work_dir) = (
         b.config.rootfs.clone(),
-        b.sbx.clone(),
         spec.env.clone(),
         spec.work_dir.clone(),
     );
-    let (layout_dir, sys_dirs) = (dir.clone(), b.sys_dirs.clone());
+    let (sys_dirs, etc) = (b.sys_dirs.clone(), b.etc.clone());
+    let c = &b.config;
+    let sizes = argv::Sizes {
+        work_dir: c.work_dir_bytes,
+        tmp: c.tmp_bytes,
+        var_tmp: c.var_tmp_bytes,
+        dev_shm: c.dev_shm_bytes,
+        run: c.run_bytes,
+    };
+    // An egress sandbox resolves names as the host does (a copy of its resolver file).
+    let resolv = match egress {
+        true => std::fs::read_to_string(b.config.rootfs.join("etc/resolv.conf")).ok(),
+        false => None,
+    };
+    let etc_files = argv::etc_files(&spec.work_dir, resolv.as_deref());
     let spec_for_args = spec.clone();
     let launched = launch(Launch {
         bwrap: b.bwrap.clone(),
-        args: Box::new(move |control, reply| {
+        args: Box::new(move |fds| {
             let layout = argv::Layout {
                 rootfs: &rootfs,
                 sys_dirs: &sys_dirs,
-                dir: &layout_dir,
-                sbx: &sbx,
+                etc: &etc,
                 work_dir: &work_dir,
                 env: &env,
                 egress,
+                sizes,
             };
-            argv::bwrap_args(&layout, &limits.sbx_args(&spec_for_args, control, reply))
+            let numbers = argv::Fds {
+                info: fds.info,
+                sbx: fds.sbx,
+                etc: &fds.etc,
+            };
+            let sbx_args = limits.sbx_args(&spec_for_args, fds.control, fds.reply);
+            argv::bwrap_args(&layout, &numbers, &sbx_args)
         }),
         uid: uid.map(|u| (u, u)),
         cgroup_join,
+        sbx: Arc::clone(&b.sbx_fd),
+        etc: etc_files,
     })
     .await;
     let launched = match launched {
@@ -279,7 +318,14 @@ pub(super) async fn create(
         }
         Err(e) => Err((None, format!("control channel: {e}"))),
     };
-    let (chan, pid_ns) = match ready {
+    let ready = match ready {
+        Ok((chan, pid_ns)) => match open_mounts(launched.info, &pid_ns, &work_comps).await {
+            Ok(mounts) => Ok((chan, pid_ns, mounts)),
+            Err(msg) => Err((Some(chan), msg)),
+        },
+        Err(e) => Err(e),
+    };
+    let (chan, pid_ns, mounts) = match ready {
         Ok(ok) => ok,
         Err((chan, msg)) => {
             match chan {
@@ -322,21 +368,16 @@ pub(super) async fn create(
         }
     };
     parts.pid_ns = Some(pid_ns.clone());
-    let roots = files::Roots {
-        home: dir.join("home"),
-        tmp: dir.join("tmp"),
-        trash: dir.join("trash"),
-        work_dir: files::components(&spec.work_dir)?
-            .into_iter()
-            .map(str::to_owned)
-            .collect(),
-        owner: uid.map(|u| (Uid::from_raw(u), Gid::from_raw(u))),
-    };
+    let roots = files::Roots::new(
+        mounts,
+        work_comps,
+        uid.map(|u| (Uid::from_raw(u), Gid::from_raw(u))),
+    );
     tracing::debug!(sandbox = %id, "sandbox ready");
     Ok(LocalSandbox {
         id,
         chan,
-        roots,
+        roots: Arc::new(roots),
         dir,
         uid,
         pid_ns,

@@ -1,16 +1,22 @@
-//! File operations on a sandbox's writable directories, done on the host side (outside the
-//! agent's reach, no round trip through `sbx`).
+//! File operations on a sandbox's writable places, done on the host side (outside the agent's
+//! reach, no round trip through `sbx`).
 //!
-//! In-sandbox paths under the work dir map to `<E>/home`, under `/tmp` to `<E>/tmp`; anything
-//! else, and any `..`, is rejected. Every step is relative to a directory descriptor and opens
-//! with `O_NOFOLLOW`, so a symlink the agent planted is never followed: writes and reads refuse
-//! it, `reset_dir` removes it. Writes are atomic (temp file, chmod, chown, rename) and owned by
-//! the sandbox uid. Blocking: the sandbox calls these on blocking threads.
+//! The work dir and `/tmp` are tmpfs mounts inside the sandbox's mount namespace
+//! (`docs/sandbox-local.md`). At creation the server opens their roots through
+//! `/proc/<PID 1>/root` (checking that the process is the sandbox's by its pid namespace) and
+//! keeps the two descriptors until teardown. In-sandbox paths under the work dir or `/tmp` are
+//! resolved below them; anything else, and any `..`, is rejected. Every step is relative to a
+//! directory descriptor and opens with `O_NOFOLLOW`, so a symlink the agent planted is never
+//! followed: writes and reads refuse it, `reset_dir` removes it; reads refuse FIFOs and
+//! devices. A root server creates files and directories as the sandbox's own host uid (its
+//! filesystem uid for the call: a tmpfs of the sandbox's user namespace takes no inode of an
+//! unmapped owner), with its capabilities kept; writes are atomic (temp file, chmod, rename).
+//! Blocking: the sandbox calls these on blocking threads.
 
 use std::ffi::{OsStr, OsString};
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
-use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use nix::errno::Errno;
@@ -18,7 +24,7 @@ use nix::fcntl::{OFlag, openat, renameat};
 use nix::sys::stat::{Mode, SFlag, fstat, mkdirat};
 use nix::unistd::{Gid, Uid, UnlinkatFlags, unlinkat};
 
-use super::tree::open_dir;
+use super::tree::{open_dir, remove_at};
 use crate::sandbox::{FileContents, SandboxError};
 
 /// Splits an absolute in-sandbox path into components (`.` and empty ones dropped); rejects
@@ -43,19 +49,140 @@ pub(super) fn components(path: &str) -> Result<Vec<&str>, SandboxError> {
     Ok(comps)
 }
 
-/// A sandbox's writable directories on the host.
-#[derive(Debug, Clone)]
+/// The open roots of a sandbox's writable mounts.
+#[derive(Debug)]
+pub(super) struct Mounts {
+    /// The work dir's tmpfs.
+    work: OwnedFd,
+    /// `/tmp`'s tmpfs.
+    tmp: OwnedFd,
+}
+
+/// The host's handle on a sandbox's writable places.
+#[derive(Debug)]
 pub(super) struct Roots {
-    /// `<E>/home`, mounted at the work dir.
-    pub home: PathBuf,
-    /// `<E>/tmp`, mounted at `/tmp`.
-    pub tmp: PathBuf,
-    /// `<E>/trash`, where `reset_dir` moves old trees (removed with the sandbox).
-    pub trash: PathBuf,
+    /// `None` once the sandbox is torn down (the mounts go with their namespace).
+    mounts: Mutex<Option<Arc<Mounts>>>,
     /// The work dir's components.
-    pub work_dir: Vec<String>,
-    /// Owner of what we create (the sandbox's host uid), `None` = ours.
-    pub owner: Option<(Uid, Gid)>,
+    work_dir: Vec<String>,
+    /// The sandbox's own host uid (a root server's), `None` = the server's uid.
+    owner: Option<(Uid, Gid)>,
+}
+
+/// Which mount a path is under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Base {
+    Work,
+    Tmp,
+}
+
+/// Opens the work dir and `/tmp` mounts of the sandbox whose PID 1 is host pid `pid`, after
+/// checking that the process is in pid namespace `pid_ns` (the sandbox's, as `sbx` reported it).
+pub(super) fn open_mounts(pid: i32, pid_ns: &str, work_dir: &[String]) -> Result<Mounts, String> {
+    let fail = |what: &str, e: Errno| format!("opening the sandbox's mounts ({what}): {e}");
+    let path = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+    // Held open, the directory pins this process: a reused pid cannot stand in for it.
+    let proc = nix::fcntl::open(format!("/proc/{pid}").as_str(), path, Mode::empty())
+        .map_err(|e| fail("/proc", e))?;
+    let ns = nix::fcntl::readlinkat(&proc, "ns/pid").map_err(|e| fail("ns", e))?;
+    if ns.as_os_str() != pid_ns {
+        return Err(format!(
+            "opening the sandbox's mounts: process {pid} is not the sandbox's"
+        ));
+    }
+    let root = openat(&proc, "root", path, Mode::empty()).map_err(|e| fail("root", e))?;
+    let root_dev = fstat(&root).map_err(|e| fail("stat", e))?.st_dev;
+    let open_mount = |comps: &[&str]| -> Result<OwnedFd, String> {
+        let mut cur = openat(&root, ".", path, Mode::empty()).map_err(|e| fail("root", e))?;
+        for name in comps {
+            cur = open_dir(&cur, OsStr::new(name)).map_err(|e| fail(name, e))?;
+        }
+        // A mount of its own, not the root's directory.
+        if fstat(&cur).map_err(|e| fail("stat", e))?.st_dev == root_dev {
+            return Err(format!(
+                "opening the sandbox's mounts: /{} is not a mount",
+                comps.join("/")
+            ));
+        }
+        Ok(cur)
+    };
+    let work: Vec<&str> = work_dir.iter().map(String::as_str).collect();
+    Ok(Mounts {
+        work: open_mount(&work)?,
+        tmp: open_mount(&["tmp"])?,
+    })
+}
+
+/// The filesystem uid and gid of the calling thread set to a sandbox's owner (a root server's
+/// per-sandbox uid), with the thread's effective capabilities raised again (changing the
+/// filesystem uid drops them), until dropped. Without an owner, nothing changes.
+struct AsOwner(Option<(Uid, Gid)>);
+
+/// `capget`/`capset` header (`_LINUX_CAPABILITY_VERSION_3`).
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: i32,
+}
+
+/// One `capget`/`capset` data word.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+/// Sets the calling thread's effective capabilities to its permitted ones.
+#[allow(unsafe_code)]
+fn raise_effective_caps() -> nix::Result<()> {
+    let mut header = CapHeader {
+        version: 0x2008_0522,
+        pid: 0,
+    };
+    let mut data = [CapData::default(); 2];
+    // SAFETY: capget(2) with a version 3 header and two data words, both living for the call.
+    let got =
+        unsafe { nix::libc::syscall(nix::libc::SYS_capget, &raw mut header, data.as_mut_ptr()) };
+    Errno::result(got)?;
+    for word in &mut data {
+        word.effective = word.permitted;
+    }
+    // SAFETY: capset(2) on the calling thread (pid 0) with the words capget filled.
+    let set = unsafe { nix::libc::syscall(nix::libc::SYS_capset, &raw mut header, data.as_ptr()) };
+    Errno::result(set).map(drop)
+}
+
+impl AsOwner {
+    fn enter(owner: Option<(Uid, Gid)>) -> Result<AsOwner, SandboxError> {
+        let Some((uid, gid)) = owner else {
+            return Ok(AsOwner(None));
+        };
+        let previous_gid = nix::unistd::setfsgid(gid);
+        let previous_uid = nix::unistd::setfsuid(uid);
+        let guard = AsOwner(Some((previous_uid, previous_gid)));
+        // setfsuid reports the previous value only: a second call tells whether it took.
+        if nix::unistd::setfsuid(uid) != uid || nix::unistd::setfsgid(gid) != gid {
+            return Err(SandboxError::Transport {
+                reason: "cannot act as the sandbox's uid".to_owned(),
+            });
+        }
+        raise_effective_caps().map_err(|e| SandboxError::Transport {
+            reason: format!("cannot keep capabilities as the sandbox's uid: {e}"),
+        })?;
+        Ok(guard)
+    }
+}
+
+impl Drop for AsOwner {
+    fn drop(&mut self) {
+        if let Some((uid, gid)) = self.0 {
+            // Back to root: the kernel raises the filesystem capabilities again.
+            nix::unistd::setfsuid(uid);
+            nix::unistd::setfsgid(gid);
+        }
+    }
 }
 
 enum Walk {
@@ -74,15 +201,35 @@ fn failed(op: &str, path: &str, e: Errno) -> SandboxError {
 }
 
 impl Roots {
-    /// The host base directory and the components below it; at least one component.
-    fn resolve<'p>(&self, path: &'p str) -> Result<(PathBuf, Vec<&'p str>), SandboxError> {
+    /// The handle on `mounts`, for a sandbox with work dir `work_dir` whose files belong to
+    /// `owner`.
+    pub(super) fn new(mounts: Mounts, work_dir: Vec<String>, owner: Option<(Uid, Gid)>) -> Self {
+        Self {
+            mounts: Mutex::new(Some(Arc::new(mounts))),
+            work_dir,
+            owner,
+        }
+    }
+
+    /// Lets go of the mounts (teardown): operations still running finish, later ones fail.
+    pub(super) fn close(&self) {
+        let taken = self
+            .mounts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        drop(taken);
+    }
+
+    /// The mount a path is under and the components below it; at least one component.
+    fn resolve<'p>(&self, path: &'p str) -> Result<(Base, Vec<&'p str>), SandboxError> {
         let comps = components(path)?;
         let n = self.work_dir.len();
         let (base, rest) =
             if comps.len() >= n && comps[..n].iter().zip(&self.work_dir).all(|(a, b)| a == b) {
-                (self.home.clone(), comps[n..].to_vec())
+                (Base::Work, comps[n..].to_vec())
             } else if comps.first() == Some(&"tmp") {
-                (self.tmp.clone(), comps[1..].to_vec())
+                (Base::Tmp, comps[1..].to_vec())
             } else {
                 return Err(SandboxError::InvalidRequest {
                     reason: format!("path {path:?} is outside the sandbox's work dir and /tmp"),
@@ -96,37 +243,36 @@ impl Roots {
         Ok((base, rest))
     }
 
-    fn mkdir(&self, dir: &OwnedFd, name: &str, path: &str) -> Result<(), SandboxError> {
+    fn mkdir(dir: &OwnedFd, name: &str, path: &str) -> Result<(), SandboxError> {
         match mkdirat(dir.as_fd(), name, Mode::from_bits_truncate(0o755)) {
-            Ok(()) | Err(Errno::EEXIST) => {}
-            Err(e) => return Err(failed("mkdir", path, e)),
+            Ok(()) | Err(Errno::EEXIST) => Ok(()),
+            Err(e) => Err(failed("mkdir", path, e)),
         }
-        if let Some((uid, gid)) = self.owner {
-            nix::unistd::fchownat(
-                dir.as_fd(),
-                name,
-                Some(uid),
-                Some(gid),
-                nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-            )
-            .map_err(|e| failed("chown", path, e))?;
-        }
-        Ok(())
     }
 
     /// Opens the directory holding the last component, walking `dirs` without following links.
     fn walk(
         &self,
-        base: &PathBuf,
+        base: Base,
         dirs: &[&str],
         how: &Walk,
         path: &str,
     ) -> Result<OwnedFd, SandboxError> {
-        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-        let mut cur =
-            nix::fcntl::open(base, flags, Mode::empty()).map_err(|_| SandboxError::Gone {
-                reason: "the sandbox directory is gone".to_owned(),
-            })?;
+        let gone = || SandboxError::Gone {
+            reason: "the sandbox is gone".to_owned(),
+        };
+        let mounts = self
+            .mounts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+            .ok_or_else(gone)?;
+        let top = match base {
+            Base::Work => &mounts.work,
+            Base::Tmp => &mounts.tmp,
+        };
+        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+        let mut cur = openat(top, ".", flags, Mode::empty()).map_err(|_| gone())?;
         for name in dirs {
             let next = match (open_dir(&cur, OsStr::new(name)), how) {
                 (Ok(fd), _) => fd,
@@ -150,7 +296,7 @@ impl Roots {
                             Err(e) => return Err(failed("unlink", path, e)),
                         }
                     }
-                    self.mkdir(&cur, name, path)?;
+                    Self::mkdir(&cur, name, path)?;
                     open_dir(&cur, OsStr::new(name)).map_err(|e| failed("open", path, e))?
                 }
                 (Err(e), _) => return Err(failed("open", path, e)),
@@ -160,7 +306,8 @@ impl Roots {
         Ok(cur)
     }
 
-    /// Writes `data` atomically with `mode` (permission bits only), parents created.
+    /// Writes `data` atomically with `mode` (permission bits only), parents created, owned by
+    /// the sandbox's uid.
     pub(super) fn write_file(
         &self,
         path: &str,
@@ -171,7 +318,8 @@ impl Roots {
         let (name, dirs) = comps
             .split_last()
             .ok_or_else(|| failed("write", path, Errno::EINVAL))?;
-        let dir = self.walk(&base, dirs, &Walk::Create, path)?;
+        let _owner = AsOwner::enter(self.owner)?;
+        let dir = self.walk(base, dirs, &Walk::Create, path)?;
         let tmp = OsString::from(format!(".oe-{}.tmp", uuid::Uuid::new_v4().simple()));
         let fd = openat(
             dir.as_fd(),
@@ -191,10 +339,6 @@ impl Roots {
             })?;
             nix::sys::stat::fchmod(file.as_fd(), Mode::from_bits_truncate(mode & 0o777))
                 .map_err(|e| failed("chmod", path, e))?;
-            if let Some((uid, gid)) = self.owner {
-                nix::unistd::fchown(file.as_fd(), Some(uid), Some(gid))
-                    .map_err(|e| failed("chown", path, e))?;
-            }
             renameat(dir.as_fd(), tmp.as_os_str(), dir.as_fd(), *name).map_err(|e| match e {
                 Errno::EISDIR | Errno::ENOTEMPTY | Errno::EEXIST => SandboxError::InvalidRequest {
                     reason: format!("path {path:?} is a directory"),
@@ -208,7 +352,8 @@ impl Roots {
         written
     }
 
-    /// Reads up to `max_bytes` of a regular file; never follows a symlink.
+    /// Reads up to `max_bytes` of a regular file; never follows a symlink, never blocks on a
+    /// FIFO or device.
     pub(super) fn read_file(
         &self,
         path: &str,
@@ -218,7 +363,7 @@ impl Roots {
         let (name, dirs) = comps
             .split_last()
             .ok_or_else(|| failed("read", path, Errno::EINVAL))?;
-        let dir = self.walk(&base, dirs, &Walk::Existing, path)?;
+        let dir = self.walk(base, dirs, &Walk::Existing, path)?;
         let flags = OFlag::O_RDONLY
             | OFlag::O_NOFOLLOW
             | OFlag::O_NONBLOCK
@@ -262,22 +407,27 @@ impl Roots {
     }
 
     /// Replaces whatever is at `path` (a tree, a file, a symlink — never followed) with an
-    /// empty directory owned by the sandbox uid. The old tree goes to the trash in one rename.
+    /// empty directory owned by the sandbox uid. The old tree is renamed aside in one step,
+    /// then removed (without following links); what a still-running process keeps adding to it
+    /// is left behind under a hidden name, with a warning.
     pub(super) fn reset_dir(&self, path: &str) -> Result<(), SandboxError> {
         let (base, comps) = self.resolve(path)?;
         let (name, dirs) = comps
             .split_last()
             .ok_or_else(|| failed("reset", path, Errno::EINVAL))?;
-        let dir = self.walk(&base, dirs, &Walk::Replace, path)?;
-        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-        let trash = nix::fcntl::open(&self.trash, flags, Mode::empty())
-            .map_err(|e| failed("open trash for", path, e))?;
-        let dest = format!("{}", uuid::Uuid::new_v4().simple());
-        match renameat(dir.as_fd(), *name, trash.as_fd(), dest.as_str()) {
-            Ok(()) | Err(Errno::ENOENT) => {}
+        let _owner = AsOwner::enter(self.owner)?;
+        let dir = self.walk(base, dirs, &Walk::Replace, path)?;
+        let aside = format!(".oe-old-{}", uuid::Uuid::new_v4().simple());
+        let moved = match renameat(dir.as_fd(), *name, dir.as_fd(), aside.as_str()) {
+            Ok(()) => true,
+            Err(Errno::ENOENT) => false,
             Err(e) => return Err(failed("move away", path, e)),
+        };
+        Self::mkdir(&dir, name, path)?;
+        if moved && let Err(e) = remove_at(&dir, OsStr::new(&aside)) {
+            tracing::warn!(path, error = %e, "the old tree of a reset directory was not removed entirely");
         }
-        self.mkdir(&dir, name, path)
+        Ok(())
     }
 }
 
@@ -295,19 +445,17 @@ mod tests {
         assert!(components("/home/user/../x").is_err());
         assert!(components("/tmp/a\0b").is_err());
         let roots = Roots {
-            home: "/h".into(),
-            tmp: "/t".into(),
-            trash: "/x".into(),
+            mounts: Mutex::new(None),
             work_dir: vec!["home".into(), "user".into()],
             owner: None,
         };
         assert_eq!(
             roots.resolve("/home/user/a").unwrap(),
-            (PathBuf::from("/h"), vec!["a"])
+            (Base::Work, vec!["a"])
         );
         assert_eq!(
             roots.resolve("/tmp/a/b").unwrap(),
-            (PathBuf::from("/t"), vec!["a", "b"])
+            (Base::Tmp, vec!["a", "b"])
         );
         assert!(roots.resolve("/home/user").is_err());
         assert!(roots.resolve("/etc/passwd").is_err());

@@ -1,5 +1,6 @@
-//! Starting bwrap: pipes for the control channel, the argument list in a memfd (`--args`), the
-//! sandbox uid, the cgroups — and all of it from one long-lived spawner thread.
+//! Starting bwrap: pipes for the control channel and bwrap's `--info-fd`, the argument list and
+//! the `/etc` files in memfds (`--args`, `--file`), the supervisor's memfd, the sandbox uid, the
+//! cgroups — and all of it from one long-lived spawner thread.
 //!
 //! Why a thread: `--die-with-parent` is `PR_SET_PDEATHSIG`, which fires when the *thread* that
 //! forked bwrap exits. Forking from a tokio worker or blocking-pool thread would kill sandboxes
@@ -11,8 +12,8 @@ use std::io::{Seek, SeekFrom, Write};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::OnceLock;
 use std::sync::mpsc;
+use std::sync::{Arc, OnceLock};
 
 use nix::fcntl::OFlag;
 use nix::sys::memfd::{MFdFlags, memfd_create};
@@ -42,9 +43,24 @@ fn spawner() -> Option<&'static mpsc::Sender<Job>> {
         .as_ref()
 }
 
-/// Builds bwrap's options (read through `--args`) and its command line once the control
-/// descriptors' numbers are known (control read end, reply write end).
-pub(super) type ArgsFn = Box<dyn FnOnce(RawFd, RawFd) -> (Vec<OsString>, Vec<OsString>) + Send>;
+/// The numbers of the descriptors bwrap inherits.
+#[derive(Debug)]
+pub(super) struct FdNumbers {
+    /// Read end of the control pipe (requests to `sbx`).
+    pub control: RawFd,
+    /// Write end of the reply pipe.
+    pub reply: RawFd,
+    /// Write end of bwrap's `--info-fd` pipe.
+    pub info: RawFd,
+    /// The sealed `env-sbx` memfd.
+    pub sbx: RawFd,
+    /// One memfd per file of the sandbox's `/etc`, with its name.
+    pub etc: Vec<(RawFd, &'static str)>,
+}
+
+/// Builds bwrap's options (read through `--args`) and its command line once the descriptors'
+/// numbers are known.
+pub(super) type ArgsFn = Box<dyn FnOnce(&FdNumbers) -> (Vec<OsString>, Vec<OsString>) + Send>;
 
 /// What to start.
 pub(super) struct Launch {
@@ -56,6 +72,10 @@ pub(super) struct Launch {
     pub uid: Option<(u32, u32)>,
     /// `tasks` of the sandbox's groups, open for writing (`Cgroups::join_fds`).
     pub cgroup_join: Vec<OwnedFd>,
+    /// The sealed, read-only `env-sbx` memfd (one per backend).
+    pub sbx: Arc<OwnedFd>,
+    /// The files of the sandbox's own `/etc`: (name, contents).
+    pub etc: Vec<(&'static str, String)>,
 }
 
 /// A started bwrap.
@@ -68,6 +88,8 @@ pub(super) struct Launched {
     pub from_sbx: OwnedFd,
     /// bwrap's stderr (bwrap's and `sbx`'s messages).
     pub stderr: ChildStderr,
+    /// Read end of bwrap's `--info-fd` pipe (JSON with the host pid of the sandbox's PID 1).
+    pub info: OwnedFd,
 }
 
 /// Starts bwrap on the spawner thread.
@@ -90,7 +112,22 @@ pub(super) async fn launch(l: Launch) -> std::io::Result<Launched> {
 fn spawn_now(l: Launch) -> std::io::Result<Launched> {
     let (ctrl_r, ctrl_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
     let (reply_r, reply_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
-    let (options, command) = (l.args)(ctrl_r.as_raw_fd(), reply_w.as_raw_fd());
+    let (info_r, info_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+    let mut etc_files = Vec::with_capacity(l.etc.len());
+    for (name, text) in &l.etc {
+        let mut file = std::fs::File::from(memfd_create("openenv-etc", MFdFlags::MFD_CLOEXEC)?);
+        file.write_all(text.as_bytes())?;
+        file.seek(SeekFrom::Start(0))?;
+        etc_files.push((file, *name));
+    }
+    let numbers = FdNumbers {
+        control: ctrl_r.as_raw_fd(),
+        reply: reply_w.as_raw_fd(),
+        info: info_w.as_raw_fd(),
+        sbx: l.sbx.as_raw_fd(),
+        etc: etc_files.iter().map(|(f, n)| (f.as_raw_fd(), *n)).collect(),
+    };
+    let (options, command) = (l.args)(&numbers);
     let mut args_file =
         std::fs::File::from(memfd_create("openenv-bwrap-args", MFdFlags::MFD_CLOEXEC)?);
     args_file.write_all(&nul_separated(&options))?;
@@ -110,16 +147,25 @@ fn spawn_now(l: Launch) -> std::io::Result<Launched> {
     if let Some((uid, gid)) = l.uid {
         cmd.uid(uid).gid(gid); // std drops supplementary groups too
     }
-    let keep = [args_fd, ctrl_r.as_raw_fd(), reply_w.as_raw_fd()];
+    let mut keep = vec![
+        args_fd,
+        numbers.control,
+        numbers.reply,
+        numbers.info,
+        numbers.sbx,
+    ];
+    keep.extend(numbers.etc.iter().map(|(fd, _)| *fd));
     let cgroups: Vec<RawFd> = l.cgroup_join.iter().map(AsRawFd::as_raw_fd).collect();
     // SAFETY: the closure runs in the child between fork and exec. It only calls write(2) and
-    // fcntl(2) (async-signal-safe) on descriptors owned by this function, which outlive the
-    // spawn; it allocates nothing (the Vec was built before the fork) and takes no lock.
+    // fcntl(2) (async-signal-safe) on descriptors owned by this function (or the backend's
+    // `sbx` memfd, held by `l.sbx`), which outlive the spawn; it allocates nothing (the Vecs
+    // were built before the fork) and takes no lock.
     // Writing "0" to a group's `tasks` moves the calling thread — the child's only one, so the
     // whole child — before bwrap forks anything; the descriptors were opened by this (root)
     // process, and cgroup v1 checks the opener's credentials, so the write is allowed after
-    // the uid change. Clearing FD_CLOEXEC hands exactly the args memfd and the two control
-    // pipe ends to bwrap.
+    // the uid change. Clearing FD_CLOEXEC (a flag of the child's own descriptor table) hands
+    // exactly the args memfd, the two control pipe ends, the info pipe, the `sbx` memfd and
+    // the `/etc` memfds to bwrap.
     unsafe {
         cmd.pre_exec(move || {
             for fd in &cgroups {
@@ -127,7 +173,7 @@ fn spawn_now(l: Launch) -> std::io::Result<Launched> {
                     return Err(std::io::Error::last_os_error());
                 }
             }
-            for fd in keep {
+            for &fd in &keep {
                 if nix::libc::fcntl(fd, nix::libc::F_SETFD, 0) == -1 {
                     return Err(std::io::Error::last_os_error());
                 }
@@ -136,7 +182,7 @@ fn spawn_now(l: Launch) -> std::io::Result<Launched> {
         });
     }
     let mut child = cmd.spawn()?;
-    drop((ctrl_r, reply_w, args_file, l.cgroup_join));
+    drop((ctrl_r, reply_w, info_w, args_file, etc_files, l.cgroup_join));
     let stderr = child
         .stderr
         .take()
@@ -146,6 +192,7 @@ fn spawn_now(l: Launch) -> std::io::Result<Launched> {
         to_sbx: ctrl_w,
         from_sbx: reply_r,
         stderr,
+        info: info_r,
     })
 }
 

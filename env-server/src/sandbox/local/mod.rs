@@ -1,12 +1,13 @@
 //! The local backend: one bubblewrap sandbox per episode (`SANDBOXES.md` §2.2).
 //!
-//! [`LocalBackend::create`] makes the episode directory `<E>` (`home` → the work dir, `tmp` →
-//! `/tmp`, synthetic `/etc/passwd`, `group`, `hosts`), optionally cgroup v1 `pids`/`memory`
-//! groups, and starts one bwrap — own user, pid, ipc, uts, net and cgroup namespaces, no
-//! capabilities, cleared environment, read-only system directories — whose command is the
-//! supervisor `sbx` ([`sbx`], PID 2). The server talks to `sbx` over two pipes
-//! (`proto`); files are handled on the host (`files`). A root server runs each bwrap as its
-//! own unprivileged host uid, so the agent is not host root and `RLIMIT_NPROC` is per sandbox.
+//! [`LocalBackend::create`] makes the episode directory `<E>` (only the owner marker, for the
+//! orphan sweep), optionally cgroup v1 `pids`/`memory` groups, and starts one bwrap — own user,
+//! pid, ipc, uts, net and cgroup namespaces, no capabilities, cleared environment, read-only
+//! system directories, its own `/etc`, size-limited tmpfs mounts for every writable place
+//! (`docs/sandbox-local.md`) — whose command is the supervisor `sbx` ([`sbx`], PID 2, run from
+//! a sealed memfd). The server talks to `sbx` over two pipes (`proto`); files are handled on
+//! the host through the sandbox's mounts (`files`). A root server runs each bwrap as its own
+//! unprivileged host uid, so the agent is not host root and `RLIMIT_NPROC` is per sandbox.
 //!
 //! Layout: `config` (flags), `argv` (bwrap arguments), `launch` (spawning bwrap), `client`
 //! (server end of the channel), `create`, `sandbox` ([`LocalSandbox`], teardown), `files`, `tree`
@@ -29,8 +30,8 @@ pub mod sbx;
 mod sweep;
 mod tree;
 
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -50,17 +51,14 @@ const USERNS_HINT: &str = "user namespaces seem to be unavailable: check `sysctl
     and `user.max_user_namespaces` (must be > 0), and on Ubuntu 23.10+ AppArmor's \
     `kernel.apparmor_restrict_unprivileged_userns` (set it to 0 or give bwrap an AppArmor profile); \
     in a container, allow user namespaces (e.g. `--security-opt seccomp=unconfined --security-opt apparmor=unconfined`)";
-/// Added to bwrap errors that say a sandbox's own uid cannot reach its directory.
-const ROOT_HINT: &str = "the sandboxes' own uids cannot reach the sandbox root: use a directory every \
-    user can traverse (`--sandbox-root /tmp`, or `chmod o+x` the root and its parents)";
+/// Added to bwrap errors that say a sandbox's own uid cannot reach what it binds (the root
+/// filesystem's system directories: nothing else is bound from the host).
+const ROOT_HINT: &str = "the sandboxes' own uids cannot reach the root filesystem: use one every \
+    user can traverse (`--local-rootfs /`, or `chmod o+x` it and its parents)";
 /// Top-level directories a work dir may not be in.
 const RESERVED: &[&str] = &[
-    "bin", "dev", "etc", "lib", "lib32", "lib64", "proc", "run", "sbin", "sys", "tmp", "usr",
-    "var", ".openenv",
+    "bin", "dev", "etc", "lib", "lib32", "lib64", "proc", "run", "sbin", "sys", "tmp", "usr", "var",
 ];
-
-/// Per-process sequence number of sandboxes (part of their ids).
-static SEQ: AtomicU64 = AtomicU64::new(1);
 
 /// The local bubblewrap backend.
 #[derive(Debug, Clone)]
@@ -71,14 +69,21 @@ pub struct LocalBackend {
 #[derive(Debug)]
 struct Backend {
     bwrap: PathBuf,
+    /// Where `env-sbx` was loaded from (for messages).
     sbx: PathBuf,
+    /// `env-sbx`, sealed in a read-only memfd ([`seal_sbx`]).
+    sbx_fd: Arc<OwnedFd>,
     root: PathBuf,
+    /// This server as an owner (`<pid>s<start time>`): the host names of its sandboxes'
+    /// directories and cgroups begin with it; sandbox ids do not carry it.
     instance: String,
     /// Root server: one host uid per sandbox.
     dedicated_uids: bool,
     cgroups: cgroup::CgroupRoots,
     /// The root filesystem's `bin`, `lib`… (directories or merged-`/usr` symlinks).
     sys_dirs: Vec<(&'static str, argv::SysDir)>,
+    /// The allowed entries of the root filesystem's `/etc`.
+    etc: Vec<(String, argv::EtcEntry)>,
     config: LocalConfig,
     /// Failed removals, retried in the background (`docs/cleanup.md`).
     cleanup: Arc<cleanup::Cleanup>,
@@ -108,79 +113,45 @@ fn default_sbx() -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// Whether any user can reach and run `path`: every ancestor directory searchable by others,
-/// the file readable and executable by others.
-fn reachable_by_all(path: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    let mode = |p: &Path| std::fs::metadata(p).map(|m| m.permissions().mode());
-    let file_ok = mode(path).is_ok_and(|m| m & 0o005 == 0o005);
-    file_ok
-        && path
-            .ancestors()
-            .skip(1)
-            .all(|dir| dir.as_os_str().is_empty() || mode(dir).is_ok_and(|m| m & 0o001 != 0))
-}
+/// `MFD_EXEC` (Linux 6.3): an executable memfd, said explicitly where `vm.memfd_noexec` asks.
+const MFD_EXEC: nix::libc::c_uint = 0x10;
 
-/// Copies `env-sbx` into `<root>/.openenv-rs-sbx/` (root-owned, 0755), where the sandboxes'
-/// uids can reach it — for a server binary under a directory they cannot traverse (a checkout
-/// in a private home or a `mktemp -d`). The copy is named by the source's size and mtime, made
-/// under a temporary name and renamed, so servers share it; a directory or file there that
-/// another user owns or could write is refused, not used.
-fn stage_sbx(sbx: &Path, root: &Path) -> Result<PathBuf, SandboxError> {
-    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+/// Copies the supervisor binary into a sealed memfd (no write, grow, shrink or further seals)
+/// and reopens it read-only, so it can be executed (no writable descriptor is left). Sandboxes
+/// run `sbx` from it as `/proc/self/fd/N`: no host path of the install directory appears
+/// inside, and a server binary in a directory the sandbox uids cannot traverse needs no copy
+/// on disk.
+fn seal_sbx(path: &Path) -> Result<OwnedFd, SandboxError> {
+    use nix::fcntl::{FcntlArg, SealFlag, fcntl};
+    use nix::sys::memfd::{MFdFlags, memfd_create};
     let fail = |what: &str, e: &dyn std::fmt::Display| {
         unavailable(format!(
-            "cannot stage the sandbox supervisor {} in {} ({what}: {e}); put env-server where every user can reach it or set --sbx-path",
-            sbx.display(),
-            root.display()
+            "cannot load the sandbox supervisor {} ({what}: {e})",
+            path.display()
         ))
     };
-    let trusted = |p: &Path| -> Result<(), SandboxError> {
-        let meta = std::fs::symlink_metadata(p).map_err(|e| fail("stat", &e))?;
-        if meta.uid() != nix::unistd::geteuid().as_raw()
-            || meta.file_type().is_symlink()
-            || meta.mode() & 0o022 != 0
-        {
-            return Err(fail(
-                "ownership",
-                &format!("{} is not ours alone", p.display()),
-            ));
-        }
-        Ok(())
-    };
-    let source = std::fs::metadata(sbx).map_err(|e| fail("stat", &e))?;
-    let dir = root.join(".openenv-rs-sbx");
-    match std::fs::DirBuilder::new().mode(0o755).create(&dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(fail("mkdir", &e)),
+    let flags = MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING;
+    let memfd = match memfd_create("env-sbx", flags | MFdFlags::from_bits_retain(MFD_EXEC)) {
+        Err(nix::errno::Errno::EINVAL) => memfd_create("env-sbx", flags),
+        other => other,
     }
-    trusted(&dir)?;
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
-        .map_err(|e| fail("chmod", &e))?;
-    let staged = dir.join(format!(
-        "env-sbx-{}-{}.{}",
-        source.len(),
-        source.mtime(),
-        source.mtime_nsec()
-    ));
-    if staged.exists() {
-        trusted(&staged)?;
-        return Ok(staged);
-    }
-    // Unique per call: backends of one process (tests) may stage at the same time.
-    static STAGING: AtomicU64 = AtomicU64::new(0);
-    let tmp = dir.join(format!(
-        ".env-sbx-{}-{}.tmp",
-        std::process::id(),
-        STAGING.fetch_add(1, Ordering::Relaxed)
-    ));
-    std::fs::copy(sbx, &tmp).map_err(|e| fail("copy", &e))?;
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))
-        .map_err(|e| fail("chmod", &e))?;
-    std::fs::rename(&tmp, &staged).map_err(|e| fail("rename", &e))?;
-    tracing::info!(from = %sbx.display(), to = %staged.display(), "staged env-sbx where the sandboxes' uids can reach it");
-    Ok(staged)
+    .map_err(|e| fail("memfd_create", &e))?;
+    let mut source = std::fs::File::open(path).map_err(|e| fail("open", &e))?;
+    let mut dest = std::fs::File::from(memfd);
+    std::io::copy(&mut source, &mut dest).map_err(|e| fail("copy", &e))?;
+    let seals = SealFlag::F_SEAL_SEAL
+        | SealFlag::F_SEAL_SHRINK
+        | SealFlag::F_SEAL_GROW
+        | SealFlag::F_SEAL_WRITE;
+    fcntl(&dest, FcntlArg::F_ADD_SEALS(seals)).map_err(|e| fail("seal", &e))?;
+    let reopened = nix::fcntl::open(
+        format!("/proc/self/fd/{}", dest.as_raw_fd()).as_str(),
+        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| fail("reopen", &e))?;
+    drop(dest);
+    Ok(reopened)
 }
 
 fn unavailable(reason: impl Into<String>) -> SandboxError {
@@ -223,24 +194,38 @@ impl LocalBackend {
             )));
         }
         let sys_dirs = argv::sys_dirs(&config.rootfs);
+        let etc = argv::etc_entries(&config.rootfs);
         let dedicated_uids = nix::unistd::geteuid().is_root();
-        // bwrap runs as each sandbox's own uid and must reach `env-sbx` to bind it.
-        let sbx = if dedicated_uids && !reachable_by_all(&sbx) {
-            stage_sbx(&sbx, &root)?
-        } else {
-            sbx
-        };
+        let sbx_fd = Arc::new(seal_sbx(&sbx)?);
         let cgroups = cgroup::CgroupRoots::detect(config.cgroups == CgroupMode::Auto);
         log_capabilities(dedicated_uids, &cgroups, config.cgroups);
+        let tmpfs_total = [
+            config.work_dir_bytes,
+            config.tmp_bytes,
+            config.var_tmp_bytes,
+            config.dev_shm_bytes,
+            config.run_bytes,
+        ]
+        .iter()
+        .fold(0u64, |sum, n| sum.saturating_add(*n));
+        if cgroups.has_memory() && config.memory_bytes > 0 && tmpfs_total >= config.memory_bytes {
+            tracing::warn!(
+                tmpfs_total,
+                memory_bytes = config.memory_bytes,
+                "a sandbox's tmpfs mounts may hold as much as its whole memory limit: a sandbox that fills them leaves its processes no memory (see docs/sandbox-local.md)"
+            );
+        }
         Ok(LocalBackend {
             inner: Arc::new(Backend {
                 bwrap,
                 sbx,
+                sbx_fd,
                 root,
                 instance: owner::instance(),
                 dedicated_uids,
                 cgroups,
                 sys_dirs,
+                etc,
                 config: config.clone(),
                 cleanup: cleanup::Cleanup::new(
                     Duration::from_millis(config.cleanup_retry_ms),
@@ -417,8 +402,13 @@ fn check_spec(config: &LocalConfig, spec: &SandboxSpec) -> Result<bool, SandboxE
     Ok(egress)
 }
 
-fn next_id(instance: &str) -> String {
-    format!("{instance}-{}", SEQ.fetch_add(1, Ordering::Relaxed))
+/// A new sandbox id: 16 random hex digits, nothing about the host. Returns (id, host name):
+/// the host name (`<instance>-<id>`) names its directory and cgroups, so the orphan sweep can
+/// tell the owner from it.
+fn next_id(instance: &str) -> (String, String) {
+    let id = uuid::Uuid::new_v4().simple().to_string()[..16].to_owned();
+    let host = format!("{instance}-{id}");
+    (id, host)
 }
 
 #[cfg(test)]
@@ -426,57 +416,40 @@ mod tests {
     use super::*;
 
     #[test]
-    fn an_unreachable_sbx_is_staged_where_every_user_can_reach_it() {
-        use std::os::unix::fs::PermissionsExt;
-        let base = std::env::temp_dir().join(format!("openenv-stage-test-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&base);
-        let private = base.join("private");
-        let root = base.join("root");
-        std::fs::create_dir_all(&private).unwrap();
-        std::fs::create_dir_all(&root).unwrap();
-        std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o755)).unwrap();
-        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).unwrap();
-        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
-        let sbx = private.join("env-sbx");
-        std::fs::write(&sbx, b"#!/bin/sh\n").unwrap();
-        std::fs::set_permissions(&sbx, std::fs::Permissions::from_mode(0o755)).unwrap();
-        assert!(!reachable_by_all(&sbx));
+    fn ids_carry_no_host_detail_and_the_host_name_its_owner() {
+        let me = owner::instance();
+        let (a, host) = next_id(&me);
+        let (b, _) = next_id(&me);
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 16);
+        assert!(a.chars().all(|c| c.is_ascii_hexdigit()), "{a}");
+        assert!(!a.contains(&std::process::id().to_string()));
+        assert_eq!(host, format!("{me}-{a}"));
+        assert!(owner::owner_of(&host).is_some() && owner::owner_alive(&host));
+    }
 
-        let staged = stage_sbx(&sbx, &root).unwrap();
-        assert!(staged.starts_with(root.join(".openenv-rs-sbx")));
-        assert!(reachable_by_all(&staged), "{}", staged.display());
-        assert_eq!(std::fs::read(&staged).unwrap(), b"#!/bin/sh\n");
-        // A second server reuses the same copy.
-        assert_eq!(stage_sbx(&sbx, &root).unwrap(), staged);
-        // Backends staging at the same time (one process, fresh root) all get the copy.
-        let fresh = base.join("fresh");
-        std::fs::create_dir_all(&fresh).unwrap();
-        std::fs::set_permissions(&fresh, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let racers: Vec<_> = (0..6)
-            .map(|_| {
-                let (sbx, fresh) = (sbx.clone(), fresh.clone());
-                std::thread::spawn(move || stage_sbx(&sbx, &fresh))
-            })
-            .collect();
-        for racer in racers {
-            let path = racer.join().unwrap().unwrap();
-            assert_eq!(std::fs::read(&path).unwrap(), b"#!/bin/sh\n");
-        }
-        // A staging directory others can write to is refused.
-        std::fs::set_permissions(
-            root.join(".openenv-rs-sbx"),
-            std::fs::Permissions::from_mode(0o777),
-        )
-        .unwrap();
-        assert!(stage_sbx(&sbx, &root).is_err());
-        std::fs::remove_dir_all(&base).unwrap();
+    #[test]
+    fn the_supervisor_is_sealed_read_only() {
+        let path = std::env::temp_dir().join(format!("oe-sbx-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::write(&path, b"#!/bin/sh\n").unwrap();
+        let fd = seal_sbx(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let mut file = std::fs::File::from(fd);
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut file, &mut text).unwrap();
+        assert_eq!(text, "#!/bin/sh\n");
+        assert!(std::io::Write::write_all(&mut file, b"x").is_err());
+        let rw = std::fs::OpenOptions::new()
+            .write(true)
+            .open(format!("/proc/self/fd/{}", file.as_raw_fd()))
+            .unwrap();
+        assert!(std::io::Write::write_all(&mut &rw, b"x").is_err(), "sealed");
     }
 
     #[test]
     fn probe_failures_name_their_fix() {
         let unreachable = probe_failure(SandboxError::CreateFailed {
-            reason: "bwrap: Can't find source path <sandbox-dir>/etc/passwd: Permission denied"
-                .to_owned(),
+            reason: "bwrap: Can't find source path /srv/rootfs/usr: Permission denied".to_owned(),
         });
         let text = unreachable.to_string();
         assert!(text.ends_with(ROOT_HINT), "{text}");

@@ -4,10 +4,11 @@
 //! - A root server gives each sandbox its own unprivileged host uid from a configured range,
 //!   claimed by binding an abstract unix socket named after it: atomic across every server on
 //!   the machine, released by the kernel when the owner dies, no files to go stale.
-//! - Sandbox ids are `<pid>s<start time>-<n>`: the owner process can be checked from the name
-//!   alone (a reused pid has another start time). The episode directory is
-//!   `openenv-rs-<id>` under the sandbox root, with an `owner` marker (JSON: pid, start time,
-//!   id, uid, labels); the cgroups are `openenv-rs/<id>`.
+//! - Sandbox ids are random (nothing about the host). On the host, a sandbox goes by
+//!   `<pid>s<start time>-<id>`: the owner process can be checked from that name alone (a
+//!   reused pid has another start time). The episode directory is `openenv-rs-<host name>`
+//!   under the sandbox root, holding only an `owner` marker (JSON: pid, start time, id, uid,
+//!   labels); the cgroups are `openenv-rs/<host name>`.
 
 use std::collections::BTreeMap;
 use std::os::linux::net::SocketAddrExt;
@@ -86,15 +87,18 @@ pub(super) fn instance() -> String {
     format!("{}s{}", std::process::id(), procfs::self_start_time())
 }
 
-/// The owner (pid, start time) named by a sandbox id.
+/// The owner (pid, start time) named by a sandbox's host name (`<pid>s<start>-<id>`).
 pub(super) fn owner_of(id: &str) -> Option<(i32, u64)> {
     let (owner, seq) = id.rsplit_once('-')?;
-    seq.parse::<u64>().ok()?;
+    if seq.is_empty() || !seq.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return None;
+    }
     let (pid, start) = owner.split_once('s')?;
     Some((pid.parse().ok()?, start.parse().ok()?))
 }
 
-/// Whether the owner of sandbox `id` is alive; malformed ids count as alive (not ours).
+/// Whether the owner of the sandbox with host name `id` is alive; malformed names count as
+/// alive (not ours).
 pub(super) fn owner_alive(id: &str) -> bool {
     owner_of(id).is_none_or(|(pid, start)| procfs::is_alive(pid, start))
 }
@@ -106,7 +110,7 @@ pub(super) struct Marker {
     pub pid: i32,
     /// Owner start time (clock ticks after boot).
     pub start: u64,
-    /// Sandbox id.
+    /// Sandbox id (the random one clients see).
     pub id: String,
     /// The sandbox's host uid, if it has its own.
     pub uid: Option<u32>,
@@ -123,6 +127,8 @@ mod tests {
         let me = instance();
         assert!(owner_alive(&format!("{me}-3")));
         assert_eq!(owner_of("12s34-5"), Some((12, 34)));
+        assert_eq!(owner_of("12s34-0f3a9c"), Some((12, 34)));
+        assert!(owner_of("12s34-").is_none() && owner_of("12s34-a.b").is_none());
         assert!(!owner_alive(&format!("{}s1-1", std::process::id())));
         assert!(owner_of("junk").is_none() && owner_alive("junk"));
     }

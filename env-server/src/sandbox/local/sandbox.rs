@@ -95,7 +95,7 @@ impl Parts {
 pub struct LocalSandbox {
     pub(super) id: String,
     pub(super) chan: Arc<Channel>,
-    pub(super) roots: files::Roots,
+    pub(super) roots: Arc<files::Roots>,
     pub(super) dir: PathBuf,
     pub(super) uid: Option<u32>,
     pub(super) pid_ns: String,
@@ -114,7 +114,8 @@ impl std::fmt::Debug for LocalSandbox {
 }
 
 impl LocalSandbox {
-    /// The episode directory on the host.
+    /// The episode directory on the host (the owner marker; the sandbox's files are in its
+    /// tmpfs mounts).
     pub fn dir(&self) -> &Path {
         &self.dir
     }
@@ -147,7 +148,7 @@ impl LocalSandbox {
         if self.chan.gone_reason().is_some() {
             return Err(self.gone_error());
         }
-        let roots = self.roots.clone();
+        let roots = Arc::clone(&self.roots);
         tokio::task::spawn_blocking(move || f(&roots))
             .await
             .map_err(|e| SandboxError::Transport {
@@ -379,6 +380,8 @@ impl Sandbox for LocalSandbox {
             return Ok(());
         };
         self.chan.close("the sandbox was destroyed");
+        // The host's handles on the tmpfs mounts would keep them (and their memory) alive.
+        self.roots.close();
         // In a task of its own: a caller that stops waiting does not stop the teardown.
         let chan = Arc::clone(&self.chan);
         tokio::spawn(async move { parts.run(&chan).await })
@@ -398,6 +401,7 @@ impl Drop for LocalSandbox {
         let Some(mut parts) = slot.take() else { return };
         tracing::warn!(sandbox = %self.id, "sandbox dropped without destroy; tearing it down");
         self.chan.close("the sandbox was dropped");
+        self.roots.close();
         // bwrap's PID 1 dies with bwrap (PR_SET_PDEATHSIG), and the namespace with it.
         if let Err(e) = parts.child.start_kill() {
             tracing::warn!(sandbox = %self.id, error = %e, "killing bwrap failed; the cleanup kills what is left of the sandbox");

@@ -1,8 +1,8 @@
 //! Removing a directory tree the agent may have shaped: relative to directory descriptors,
 //! never following a symlink, without recursion and holding one directory open at a time
 //! (climbing back with `..`), so neither a deep tree nor a planted link can hurt the server.
-//! Only for trees no sandbox process can change any more (a destroyed sandbox, the trash).
-//! Blocking.
+//! On a tree a sandbox process still changes (`reset_dir`'s old tree) it stays safe but may
+//! not remove everything. Blocking.
 
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};

@@ -1,5 +1,5 @@
 //! `sbx`, the in-sandbox supervisor (`SANDBOXES.md` §2.2), run by bwrap as the sandbox's PID 2
-//! from the `env-sbx` binary (read-only at `/.openenv/sbx`).
+//! from the `env-sbx` binary (a sealed memfd the server made, executed as `/proc/self/fd/N`).
 //!
 //! `sbx init --control-fd N --reply-fd M …` serves the frames of the control protocol (`local::proto`) until the
 //! control pipe closes or a `Shutdown` arrives, then kills every process and exits (bwrap, PID 1,
@@ -149,6 +149,8 @@ fn set_limit(resource: Resource, value: u64) {
 }
 
 fn init(s: &Settings) -> ExitCode {
+    // Run from a memfd (`/proc/self/fd/N`), the kernel named the process after the number.
+    let _ = nix::sys::prctl::set_name(c"sbx");
     if let Err(e) = nix::sys::prctl::set_dumpable(false) {
         eprintln!("sbx: cannot make itself non-dumpable: {e}");
         return ExitCode::from(1);

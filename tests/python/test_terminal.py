@@ -83,6 +83,6 @@ def test_stateless_http_creates_no_sandbox(server_factory, sandbox_root) -> None
     step = {"action": {"type": "call_tool", "tool_name": "terminal", "arguments": {"command": "ls"}}}
     reply = httpx.post(f"{server.url}/step", json=step, timeout=10).json()
     assert reply["observation"]["result"]["data"] == "Error: environment not reset. Call reset() first."
-    # The root may hold the staged supervisor (`.openenv-rs-sbx/`); episodes are `openenv-rs-*`.
+    # Episodes are the `openenv-rs-*` directories under the root.
     episodes = [p for p in sandbox_root.iterdir() if p.name.startswith("openenv-rs-")]
     assert episodes == [], "a sandbox directory was created"

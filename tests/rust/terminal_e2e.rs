@@ -22,7 +22,7 @@ fn repo() -> PathBuf {
 }
 
 /// A per-test sandbox root, so the test can check that every sandbox dir is removed; removed
-/// (with the staged `env-sbx` it may hold) when the test ends.
+/// when the test ends.
 struct SandboxRoot(PathBuf);
 
 impl std::ops::Deref for SandboxRoot {
@@ -114,8 +114,7 @@ async fn eventually(what: &str, within: Duration, mut ready: impl FnMut() -> boo
     }
 }
 
-/// The episode directories (`openenv-rs-…`) under a sandbox root; the root may also hold the
-/// staged `env-sbx` (`.openenv-rs-sbx/`), which is no sandbox.
+/// The episode directories (`openenv-rs-…`) under a sandbox root.
 fn sandbox_dirs(root: &Path) -> usize {
     std::fs::read_dir(root).map_or(0, |d| {
         d.flatten()

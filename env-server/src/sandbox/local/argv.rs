@@ -106,6 +106,8 @@ pub(super) fn bwrap_args(l: &Layout<'_>, sbx_args: &[String]) -> (Vec<OsString>,
     push(&["--unshare-user", "--uid", "1000", "--gid", "1000"]);
     push(&[
         "--unshare-pid",
+        // `sbx` is the namespace's init (it reaps orphans): no bwrap init process per sandbox.
+        "--as-pid-1",
         "--unshare-ipc",
         "--unshare-uts",
         "--unshare-cgroup-try",
@@ -220,6 +222,7 @@ mod tests {
         for needle in [
             "--unshare-user --uid 1000 --gid 1000",
             "--unshare-net",
+            "--unshare-pid --as-pid-1",
             "--clearenv",
             "--setenv TASK x",
             "--setenv HOME /home/user",

@@ -93,6 +93,10 @@ pub(crate) struct Reading {
     pub(crate) cgroups: u64,
     /// Server `VmRSS`, KiB.
     pub(crate) server_rss_kib: u64,
+    /// Server open descriptors.
+    pub(crate) server_fds: u64,
+    /// Server threads.
+    pub(crate) server_threads: u64,
     /// Sandbox directories.
     pub(crate) dirs: usize,
     /// Slab caches (`/proc/slabinfo`): bytes in their slabs (`num_slabs × pagesperslab ×
@@ -193,9 +197,9 @@ fn sandbox_cgroup_parents() -> Vec<PathBuf> {
     out
 }
 
-/// Cgroup directories under the sandbox parents whose owner pid is `server`.
-fn count_cgroups(server: u32) -> u64 {
-    let prefix = format!("{server}s");
+/// Cgroup directories under the sandbox parents whose owner pid is one of `servers`.
+fn count_cgroups(servers: &[u32]) -> u64 {
+    let prefixes: Vec<String> = servers.iter().map(|s| format!("{s}s")).collect();
     sandbox_cgroup_parents()
         .iter()
         .map(|dir| {
@@ -205,7 +209,7 @@ fn count_cgroups(server: u32) -> u64 {
                     .filter(|e| {
                         e.file_name()
                             .to_str()
-                            .is_some_and(|n| n.starts_with(&prefix))
+                            .is_some_and(|n| prefixes.iter().any(|p| n.starts_with(p)))
                     })
                     .count() as u64
             })
@@ -214,7 +218,7 @@ fn count_cgroups(server: u32) -> u64 {
 }
 
 impl Reading {
-    fn take(server: u32, uids: &Range<u32>, root: &SandboxRoot) -> Self {
+    fn take(servers: &[u32], uids: &Range<u32>, root: &SandboxRoot) -> Self {
         // The kernel's figures first: reading every process's `/proc` files below creates
         // inodes and dentries of its own.
         let (mem, slabs) = (MemInfo::read(), slab_bytes());
@@ -229,12 +233,22 @@ impl Reading {
             g.pss_kib += kib_field(&rollup, "Pss:");
             g.pte_kib += kib_field(&status, "VmPTE:");
         }
-        let status = std::fs::read_to_string(format!("/proc/{server}/status")).unwrap_or_default();
+        let (mut server_rss_kib, mut server_fds, mut server_threads) = (0, 0, 0);
+        for server in servers {
+            let status =
+                std::fs::read_to_string(format!("/proc/{server}/status")).unwrap_or_default();
+            server_rss_kib += kib_field(&status, "VmRSS:");
+            server_threads += kib_field(&status, "Threads:");
+            server_fds +=
+                std::fs::read_dir(format!("/proc/{server}/fd")).map_or(0, |d| d.count() as u64);
+        }
         Self {
             mem,
             procs,
-            cgroups: count_cgroups(server),
-            server_rss_kib: kib_field(&status, "VmRSS:"),
+            cgroups: count_cgroups(servers),
+            server_rss_kib,
+            server_fds,
+            server_threads,
             dirs: root.count(),
             slabs,
         }
@@ -271,10 +285,11 @@ const SETTLE: Duration = Duration::from_secs(3);
 /// Longest the teardown may take.
 const TEARDOWN_LIMIT: Duration = Duration::from_secs(300);
 
-/// Section 5 for `n` episodes, opened `open` at a time, on the current (multi-thread) runtime.
+/// Section 5 for `n` episodes spread over the servers at `urls` (PIDs `servers`), opened
+/// `open` at a time, on the current (multi-thread) runtime.
 pub(crate) async fn measure(
-    url: &str,
-    server: u32,
+    urls: &[String],
+    servers: &[u32],
     uids: &Range<u32>,
     root: &SandboxRoot,
     n: usize,
@@ -284,15 +299,16 @@ pub(crate) async fn measure(
         .await
         .context("sandboxes of earlier sections are still there")?;
     tokio::time::sleep(SETTLE).await;
-    let before = Reading::take(server, uids, root);
+    let before = Reading::take(servers, uids, root);
     let config = ClientConfig::default()
         .with_connect_timeout(Duration::from_secs(120))
         .with_request_timeout(Some(Duration::from_secs(300)));
     let sem = Arc::new(Semaphore::new(open.max(1)));
     let start = Instant::now();
     let mut tasks = Vec::with_capacity(n);
-    for _ in 0..n {
-        let (url, config, sem) = (url.to_owned(), config.clone(), Arc::clone(&sem));
+    for i in 0..n {
+        let url = urls[i % urls.len().max(1)].clone();
+        let (config, sem) = (config.clone(), Arc::clone(&sem));
         tasks.push(tokio::spawn(async move {
             let _permit = sem.acquire_owned().await.context("semaphore")?;
             let client = EnvClient::connect_with(&url, config)
@@ -334,7 +350,7 @@ pub(crate) async fn measure(
         }
         crate::progress(&format!("  {n} episodes ready in {ready:.1?}; reading"));
         tokio::time::sleep(SETTLE).await;
-        let after_reset = Reading::take(server, uids, root);
+        let after_reset = Reading::take(servers, uids, root);
         let t0 = Instant::now();
         let mut runs = Vec::with_capacity(n);
         for client in &clients {
@@ -363,7 +379,7 @@ pub(crate) async fn measure(
         let commands = t0.elapsed();
         crate::progress(&format!("  one `true` in each in {commands:.1?}; reading"));
         tokio::time::sleep(SETTLE).await;
-        let after_command = Reading::take(server, uids, root);
+        let after_command = Reading::take(servers, uids, root);
         anyhow::Ok((after_reset, after_command, commands))
     }
     .await;
@@ -382,7 +398,7 @@ pub(crate) async fn measure(
     while close_start.elapsed() < TEARDOWN_LIMIT {
         let dirs = root.count();
         let procs = sandbox_processes(uids).len() as u64;
-        let groups = count_cgroups(server);
+        let groups = count_cgroups(servers);
         left = (dirs, procs, groups);
         if dirs == 0 && procs == 0 && groups == 0 {
             teardown = Some(close_start.elapsed());
@@ -501,6 +517,21 @@ pub(crate) fn render(r: &Idle) -> (String, f64, f64) {
         "server VmRSS Δ".to_owned(),
         server(&r.after_reset),
         server(&r.after_command),
+    );
+    #[allow(clippy::cast_precision_loss)]
+    let fds = |reading: &Reading| reading.server_fds as f64 - r.before.server_fds as f64;
+    row(
+        "server open descriptors Δ (count)".to_owned(),
+        fds(&r.after_reset),
+        fds(&r.after_command),
+    );
+    #[allow(clippy::cast_precision_loss)]
+    let threads =
+        |reading: &Reading| reading.server_threads as f64 - r.before.server_threads as f64;
+    row(
+        "server threads Δ (count)".to_owned(),
+        threads(&r.after_reset),
+        threads(&r.after_command),
     );
     let host = |reading: &Reading| -delta(reading, "MemAvailable");
     row(

@@ -80,6 +80,10 @@ struct Cli {
     /// Run section 5 only.
     #[arg(long)]
     idle_only: bool,
+    /// Servers in section 5, the episodes spread over them (each server needs about 6 open
+    /// descriptors per episode: `docs/scale.md`).
+    #[arg(long, default_value_t = 1)]
+    idle_servers: usize,
     /// Episodes opened at a time in section 5.
     #[arg(long, default_value_t = 64)]
     idle_open: usize,
@@ -345,27 +349,35 @@ fn idle_section(paths: &server::Paths, cli: &Cli) -> anyhow::Result<(String, boo
         .map(|s| (*s).to_owned())
         .collect();
         extra.extend(cli.server_arg.iter().cloned());
-        let srv = server::start(paths, &root, n + 64, &extra)?;
+        let k = cli.idle_servers.max(1);
+        let mut servers = Vec::with_capacity(k);
+        for _ in 0..k {
+            servers.push(server::start(paths, &root, n / k + 64, &extra)?);
+        }
+        let urls: Vec<String> = servers.iter().map(procs::ServerProc::url).collect();
+        let pids: Vec<u32> = servers.iter().map(procs::ServerProc::pid).collect();
         let uids =
             IDLE_UID_BASE..IDLE_UID_BASE + u32::try_from(top * 2).unwrap_or(u32::MAX).max(1024);
         let rt = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
             .context("multi-thread runtime")?;
-        section("5", &format!("{n} concurrent idle episodes"));
-        let result = rt.block_on(idle::measure(
-            &srv.url(),
-            srv.pid(),
-            &uids,
-            &root,
-            n,
-            cli.idle_open,
-        ));
+        section(
+            "5",
+            &format!("{n} concurrent idle episodes on {k} server(s)"),
+        );
+        let result = rt.block_on(idle::measure(&urls, &pids, &uids, &root, n, cli.idle_open));
         drop(rt);
-        let clean = server::stop(srv, Duration::from_secs(60));
+        let mut clean = true;
+        for srv in servers {
+            clean &= server::stop(srv, Duration::from_secs(60));
+        }
         match result {
             Ok(r) => {
                 let (text, host_reset, _) = idle::render(&r);
+                if k > 1 {
+                    out.push_str(&format!("  ({k} servers, {} episodes each)\n", n / k));
+                }
                 out.push_str(&text);
                 if n >= 5_000 {
                     verdicts.push(Verdict::numeric(

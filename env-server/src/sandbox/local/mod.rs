@@ -4,7 +4,7 @@
 //! `/tmp`, synthetic `/etc/passwd`, `group`, `hosts`), optionally cgroup v1 `pids`/`memory`
 //! groups, and starts one bwrap — own user, pid, ipc, uts, net and cgroup namespaces, no
 //! capabilities, cleared environment, read-only system directories — whose command is the
-//! supervisor `sbx` ([`sbx`], PID 2). The server talks to `sbx` over two pipes
+//! supervisor `sbx` ([`sbx`], PID 1). The server talks to `sbx` over two pipes
 //! (`proto`); files are handled on the host (`files`). A root server runs each bwrap as its
 //! own unprivileged host uid, so the agent is not host root and `RLIMIT_NPROC` is per sandbox.
 //!

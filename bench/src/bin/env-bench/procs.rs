@@ -320,10 +320,19 @@ pub(crate) fn load_average() -> String {
         .unwrap_or_else(|_| "unknown".to_owned())
 }
 
-/// Raises this process's soft open-file limit to the hard limit; returns the new soft limit.
+/// Raises this process's open-file limit: both limits to `fs.nr_open` where allowed (root;
+/// the servers it starts inherit it), else the soft limit to the hard one; returns the new
+/// soft limit.
 pub(crate) fn raise_fd_limit() -> anyhow::Result<u64> {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).context("getrlimit(NOFILE)")?;
+    let nr_open: u64 = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(hard);
+    if nr_open > hard && setrlimit(Resource::RLIMIT_NOFILE, nr_open, nr_open).is_ok() {
+        return Ok(nr_open);
+    }
     if soft < hard {
         setrlimit(Resource::RLIMIT_NOFILE, hard, hard).context("setrlimit(NOFILE)")?;
     }

@@ -19,6 +19,7 @@
 
 #![allow(clippy::print_stdout)]
 
+mod idle;
 mod measure;
 // Shared with `env-bench` (process guards, `/proc` readings, tables and verdicts); not every
 // item is used here.
@@ -53,6 +54,10 @@ struct Cli {
     /// Do not run `cargo build` for env-server and env-sbx first.
     #[arg(long)]
     no_build: bool,
+    /// Take `env-server` and `env-sbx` from this directory (another build, to compare); no
+    /// build then.
+    #[arg(long)]
+    server_dir: Option<std::path::PathBuf>,
     /// Timed `true` in the persistent shell (default 5,000; quick 1,000).
     #[arg(long)]
     persistent: Option<u64>,
@@ -68,6 +73,20 @@ struct Cli {
     /// Length of each throughput window, seconds (default 10; quick 3).
     #[arg(long)]
     window_s: Option<u64>,
+    /// Section 5: hold this many concurrent idle episodes and break down what each costs the
+    /// host (repeatable: `--idle 1000 --idle 5000`).
+    #[arg(long)]
+    idle: Vec<usize>,
+    /// Run section 5 only.
+    #[arg(long)]
+    idle_only: bool,
+    /// Servers in section 5, the episodes spread over them (each server needs about 6 open
+    /// descriptors per episode: `docs/scale.md`).
+    #[arg(long, default_value_t = 1)]
+    idle_servers: usize,
+    /// Episodes opened at a time in section 5.
+    #[arg(long, default_value_t = 64)]
+    idle_open: usize,
     /// An extra argument for `env-server serve` (repeatable), e.g. `--server-arg=--local-cgroups=off`.
     #[arg(long, allow_hyphen_values = true)]
     server_arg: Vec<String>,
@@ -151,12 +170,23 @@ fn main() -> anyhow::Result<()> {
         window: Duration::from_secs(cli.window_s.unwrap_or(if quick { 3 } else { 10 }).max(1)),
     };
     let load_at_start = procs::load_average();
-    let paths = server::Paths::discover()?;
-    if !cli.no_build {
+    let mut paths = server::Paths::discover()?;
+    if let Some(dir) = &cli.server_dir {
+        paths.bin_dir.clone_from(dir);
+    }
+    if !cli.no_build && cli.server_dir.is_none() {
         progress("cargo build env-server and env-sbx (no-op when fresh)");
         server::build(&paths)?;
     }
     procs::raise_fd_limit()?;
+    if cli.idle_only {
+        let (text, failed) = idle_section(&paths, &cli)?;
+        print!("{text}");
+        if failed {
+            anyhow::bail!("section 5 missed a target (see the report)");
+        }
+        return Ok(());
+    }
     let root = server::SandboxRoot::create()?;
     // Room for sessions that closed while their sandbox is still being torn down.
     let capacity = plan.sessions * 4;
@@ -269,10 +299,128 @@ fn main() -> anyhow::Result<()> {
     };
     let (text, errors) = render(&header, &plan, &results);
     print!("{text}");
+    if !cli.idle.is_empty() {
+        let (text, _) = idle_section(&paths, &cli)?;
+        print!("{text}");
+    }
     if errors > 0 {
         anyhow::bail!("{errors} measurement(s) failed (see the report)");
     }
     Ok(())
+}
+
+/// Host memory per idle episode at 5,000 episodes (`docs/scale.md`), MiB.
+const IDLE_MIB_TARGET: f64 = 1.5;
+/// All 5,000 ready within, seconds.
+const IDLE_READY_TARGET_S: f64 = 60.0;
+/// Sandbox uids of section 5's server (a range of its own: other servers on the machine are
+/// not counted).
+const IDLE_UID_BASE: u32 = 4_300_000;
+
+/// Section 5 for every `--idle` N, each on a fresh server; the text and whether a target was
+/// missed.
+fn idle_section(paths: &server::Paths, cli: &Cli) -> anyhow::Result<(String, bool)> {
+    let mut out = String::new();
+    let top = cli.idle.iter().copied().max().unwrap_or(0);
+    out.push_str(&format!(
+        "\n5. Concurrent idle episodes: N episodes opened {} at a time (connect + default reset) and held;\n   \
+         readings 3 s after the last was ready, and again after one `true` in each; every process of the\n   \
+         server's sandbox uid range is read (smaps_rollup, status); kernel figures are /proc/meminfo deltas\n   \
+         (machine-wide: other work on the machine shows up in them); {}; kernel {}\n",
+        cli.idle_open,
+        bwrap_version(),
+        Machine::read().kernel
+    ));
+    let mut verdicts = Vec::new();
+    let mut missed = false;
+    for &n in &cli.idle {
+        let root = server::SandboxRoot::create()?;
+        let mut extra: Vec<String> = [
+            "--local-uid-base",
+            &IDLE_UID_BASE.to_string(),
+            "--local-uid-count",
+            &(u32::try_from(top)
+                .unwrap_or(u32::MAX)
+                .saturating_mul(2)
+                .max(1024))
+            .to_string(),
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        extra.extend(cli.server_arg.iter().cloned());
+        let k = cli.idle_servers.max(1);
+        let mut servers = Vec::with_capacity(k);
+        for _ in 0..k {
+            servers.push(server::start(paths, &root, n / k + 64, &extra)?);
+        }
+        let urls: Vec<String> = servers.iter().map(procs::ServerProc::url).collect();
+        let pids: Vec<u32> = servers.iter().map(procs::ServerProc::pid).collect();
+        let uids =
+            IDLE_UID_BASE..IDLE_UID_BASE + u32::try_from(top * 2).unwrap_or(u32::MAX).max(1024);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("multi-thread runtime")?;
+        section(
+            "5",
+            &format!("{n} concurrent idle episodes on {k} server(s)"),
+        );
+        let result = rt.block_on(idle::measure(&urls, &pids, &uids, &root, n, cli.idle_open));
+        drop(rt);
+        let mut clean = true;
+        for srv in servers {
+            clean &= server::stop(srv, Duration::from_secs(60));
+        }
+        match result {
+            Ok(r) => {
+                let (text, host_reset, _) = idle::render(&r);
+                if k > 1 {
+                    out.push_str(&format!("  ({k} servers, {} episodes each)\n", n / k));
+                }
+                out.push_str(&text);
+                if n >= 5_000 {
+                    verdicts.push(Verdict::numeric(
+                        &format!(
+                            "host memory per idle episode at {}",
+                            thousands(u64_f64(n as u64))
+                        ),
+                        Goal::AtMost,
+                        IDLE_MIB_TARGET,
+                        host_reset,
+                        "MiB",
+                        2,
+                    ));
+                    verdicts.push(Verdict::numeric(
+                        &format!("{} episodes ready", thousands(u64_f64(n as u64))),
+                        Goal::AtMost,
+                        IDLE_READY_TARGET_S,
+                        r.ready.as_secs_f64(),
+                        "s",
+                        1,
+                    ));
+                }
+                verdicts.push(Verdict::check(
+                    &format!("nothing left after {}", thousands(u64_f64(n as u64))),
+                    "0 left",
+                    format!(
+                        "{} dirs, {} processes, {} cgroups",
+                        r.left.0, r.left.1, r.left.2
+                    ),
+                    r.teardown.is_some() && clean,
+                ));
+            }
+            Err(e) => {
+                missed = true;
+                out.push_str(&format!("  N = {n}: ERROR: {}\n", failed(&e)));
+            }
+        }
+    }
+    if !verdicts.is_empty() {
+        out.push_str(&report::verdict_table(&verdicts));
+        missed |= verdicts.iter().any(|v| !v.pass);
+    }
+    Ok((out, missed))
 }
 
 fn bwrap_version() -> String {

@@ -331,26 +331,10 @@ impl TerminalEnv {
                 .sandbox_failed(sandbox, DoneReason::SetupFailed, meta, keep)
                 .await;
         }
-        // Step 10: the agent shell.
-        let shell = if args.shell_mode == ShellMode::Persistent {
-            match PersistentShell::start(sandbox.as_ref(), &settings).await {
-                Ok(shell) => Some(shell),
-                Err(err) => {
-                    meta.insert(
-                        "error".to_owned(),
-                        json!(format!(
-                            "failed to start the agent shell: {}",
-                            sandbox_failure(&err, "starting the agent shell failed")
-                        )),
-                    );
-                    return self
-                        .sandbox_failed(sandbox, DoneReason::SetupFailed, meta, false)
-                        .await;
-                }
-            }
-        } else {
-            None
-        };
+        // Step 10: the agent shell starts with the first command (`tool::run_persistent`
+        // starts a missing shell), not here: an episode between its reset and its first
+        // command holds no shell process (`docs/scale.md`).
+        let shell: Option<PersistentShell> = None;
         // Step 11: ready.
         let message = ready_message(setup.len(), verify_commands.len());
         meta.insert("message".to_owned(), json!(message));

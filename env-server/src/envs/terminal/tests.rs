@@ -879,8 +879,17 @@ async fn close_destroys_the_sandbox() {
     let (mut env, shared) = env_with(TerminalConfig::default()).await;
     env.reset(JsonMap::new()).await.unwrap();
     env.close().await;
+    let seen = ops(&shared);
+    // No command ran, so no shell was started (it starts with the first command).
+    assert!(!seen.iter().any(|o| o.starts_with("spawn:")), "{seen:?}");
+    assert_eq!(seen.last().map(String::as_str), Some("destroy"), "{seen:?}");
+    // After a command the shell is killed, then the sandbox destroyed.
+    let (mut env, shared) = env_with(TerminalConfig::default()).await;
+    env.reset(JsonMap::new()).await.unwrap();
+    call(&mut env, json!({"command": "pwd"})).await;
+    env.close().await;
     let ops = ops(&shared);
-    assert_eq!(ops[ops.len() - 2..], ["kill_tree", "destroy"]);
+    assert_eq!(ops[ops.len() - 2..], ["kill_tree", "destroy"], "{ops:?}");
 }
 
 #[tokio::test]

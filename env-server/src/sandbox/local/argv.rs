@@ -243,6 +243,8 @@ pub(super) fn bwrap_args(
     push(&["--unshare-user", "--uid", "1000", "--gid", "1000"]);
     push(&[
         "--unshare-pid",
+        // `sbx` is the namespace's init (it reaps orphans): no bwrap init process per sandbox.
+        "--as-pid-1",
         "--unshare-ipc",
         "--unshare-uts",
         "--unshare-cgroup-try",
@@ -425,6 +427,7 @@ mod tests {
         for needle in [
             "--unshare-user --uid 1000 --gid 1000",
             "--unshare-net",
+            "--unshare-pid --as-pid-1",
             "--clearenv",
             "--info-fd 5",
             "--setenv TASK x",

@@ -4,7 +4,7 @@
 //! orphan sweep), optionally cgroup v1 `pids`/`memory` groups, and starts one bwrap — own user,
 //! pid, ipc, uts, net and cgroup namespaces, no capabilities, cleared environment, read-only
 //! system directories, its own `/etc`, size-limited tmpfs mounts for every writable place
-//! (`docs/sandbox-local.md`) — whose command is the supervisor `sbx` ([`sbx`], PID 2, run from
+//! (`docs/sandbox-local.md`) — whose command is the supervisor `sbx` ([`sbx`], PID 1, reaping orphans, run from
 //! a sealed memfd). The server talks to `sbx` over two pipes (`proto`); files are handled on
 //! the host through the sandbox's mounts (`files`). A root server runs each bwrap as its own
 //! unprivileged host uid, so the agent is not host root and `RLIMIT_NPROC` is per sandbox.

@@ -13,7 +13,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::task::{JoinHandle, spawn_local};
 use tokio::time::{Instant, sleep_until};
 
-use super::{State, kill};
+use super::{State, kill, reap};
 use crate::sandbox::local::proto::{self, CHUNK, ExecDoneHeader, ExecHeader, Kind, StreamLens};
 use crate::sandbox::output::{Capture, CapturedOutput};
 
@@ -141,6 +141,11 @@ pub(super) async fn run(state: Rc<State>, id: u64, h: ExecHeader, stdin: Bytes) 
             return done(&state, id, &header, &out, &err);
         }
     };
+    // Declared after `child`, so dropped first (no `.await` between the two drops).
+    let _owned = child
+        .id()
+        .and_then(|p| i32::try_from(p).ok())
+        .map(reap::own);
     let (Some(sid), Some(mut out), Some(mut err)) = (
         child.id().and_then(|p| i32::try_from(p).ok()),
         child.stdout.take(),
@@ -156,7 +161,9 @@ pub(super) async fn run(state: Rc<State>, id: u64, h: ExecHeader, stdin: Bytes) 
     }
     let (kill_grace, drain_grace) = (state.settings.kill_grace, state.settings.drain_grace);
     let deadline = start + Duration::from_millis(h.timeout_ms);
-    let (mut buf_out, mut buf_err) = (vec![0u8; CHUNK], vec![0u8; CHUNK]);
+    // Read into spare capacity (`read_buf`: no zeroing): a command that prints little
+    // touches little of the buffers, and `sbx`'s heap stays small (`docs/scale.md`).
+    let (mut buf_out, mut buf_err) = (Vec::with_capacity(CHUNK), Vec::with_capacity(CHUNK));
     let (mut out_eof, mut err_eof, mut timed_out, mut kill_done) = (false, false, false, false);
     let mut status: Option<std::io::Result<ExitStatus>> = None;
     let mut killer: Option<JoinHandle<()>> = None;
@@ -175,9 +182,11 @@ pub(super) async fn run(state: Rc<State>, id: u64, h: ExecHeader, stdin: Bytes) 
                 None => std::future::pending().await,
             }
         };
+        buf_out.clear();
+        buf_err.clear();
         let event = tokio::select! {
-            r = out.read(&mut buf_out), if !out_eof => Event::Out(r),
-            r = err.read(&mut buf_err), if !err_eof => Event::Err(r),
+            r = out.read_buf(&mut buf_out), if !out_eof => Event::Out(r),
+            r = err.read_buf(&mut buf_err), if !err_eof => Event::Err(r),
             s = child.wait(), if status.is_none() => Event::Exit(s),
             () = sleep_until(deadline), if status.is_none() && !timed_out => Event::Deadline,
             () = kill_wait, if killing => Event::Killed,

@@ -45,7 +45,7 @@ pub(super) async fn tree(sid: i32, grace: Option<Duration>) {
     }
 }
 
-/// Live processes other than PID 1 (bwrap) and `sbx`.
+/// Live processes other than PID 1 (`sbx` itself, or bwrap's init without `--as-pid-1`) and `sbx`.
 fn others() -> Vec<i32> {
     let me = me();
     procfs::pids()
@@ -55,7 +55,8 @@ fn others() -> Vec<i32> {
         .collect()
 }
 
-/// SIGKILLs every process but PID 1 and `sbx`, until none is left.
+/// SIGKILLs every process but PID 1 and `sbx`, until none is left (zombies are left to their
+/// reaper: `reap`, or bwrap's init).
 pub(super) async fn all() {
     let end = Instant::now() + KILL_DEADLINE;
     loop {

@@ -1,16 +1,20 @@
-//! `sbx`, the in-sandbox supervisor (`SANDBOXES.md` §2.2), run by bwrap as the sandbox's PID 2
-//! from the `env-sbx` binary (a sealed memfd the server made, executed as `/proc/self/fd/N`).
+//! `sbx`, the in-sandbox supervisor (`docs/sandbox-local.md`), run by bwrap as the sandbox's
+//! PID 1 (`--as-pid-1`: no bwrap init in between, so the agent cannot signal it) from the
+//! `env-sbx` binary (a sealed memfd the server made, executed as `/proc/self/fd/N`).
 //!
 //! `sbx init --control-fd N --reply-fd M …` serves the frames of the control protocol (`local::proto`) until the
-//! control pipe closes or a `Shutdown` arrives, then kills every process and exits (bwrap, PID 1,
-//! follows, and the kernel reaps the namespace). One current-thread tokio runtime, no threads:
+//! control pipe closes or a `Shutdown` arrives, then kills every process and exits (the kernel
+//! ends the namespace with its init, and bwrap follows). As PID 1 it reaps the sandbox's
+//! orphans (`reap`), and the agent cannot signal it: the kernel drops signals sent to a
+//! namespace's init from inside unless it handles them. One current-thread tokio runtime, no threads:
 //! a fork bomb at the pids limit cannot stop `sbx` from killing it. `sbx` makes itself
 //! non-dumpable first, so agent processes (same uid) cannot open its descriptors through
-//! `/proc/2/fd` to read or forge control frames; resource limits are set on `sbx` itself and
+//! `/proc/1/fd` to read or forge control frames; resource limits are set on `sbx` itself and
 //! inherited by every command. `sbx check` exits 0 (the start-up probe).
 
 mod exec;
 mod kill;
+mod reap;
 mod spawn;
 
 use std::cell::RefCell;
@@ -246,6 +250,7 @@ async fn serve(settings: Settings, control: OwnedFd, reply: OwnedFd) -> Result<(
     let output = pipe::Sender::from_owned_fd(reply).map_err(|e| format!("reply pipe: {e}"))?;
     let (out, rx) = mpsc::unbounded_channel();
     let writer = tokio::task::spawn_local(writer(output, rx));
+    let reaper = tokio::task::spawn_local(reap::run());
     let state = Rc::new(State {
         settings,
         out,
@@ -276,6 +281,7 @@ async fn serve(settings: Settings, control: OwnedFd, reply: OwnedFd) -> Result<(
     kill::all().await;
     drop(state);
     writer.abort();
+    reaper.abort();
     result
 }
 

@@ -10,7 +10,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::{ExitStatus, Stdio};
 use std::rc::Rc;
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, ChildStdin};
 use tokio::sync::{Notify, mpsc};
@@ -18,7 +18,7 @@ use tokio::task::spawn_local;
 use tokio::time::{Instant, sleep_until};
 
 use super::exec::{check_cwd, discard, new_command};
-use super::{Proc, State};
+use super::{Proc, State, reap};
 use crate::sandbox::local::proto::{self, CHUNK, CREDIT_WINDOW, Kind, SpawnHeader};
 
 /// Output credit of one spawned process.
@@ -53,6 +53,7 @@ pub(super) fn start(state: &Rc<State>, id: u64, h: &SpawnHeader) {
     let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) else {
         return state.error(id, "the child has no pid".to_owned());
     };
+    let owned = reap::own(pid);
     state.send(proto::encode(
         Kind::Spawned,
         id,
@@ -73,7 +74,7 @@ pub(super) fn start(state: &Rc<State>, id: u64, h: &SpawnHeader) {
     );
     state.sessions.borrow_mut().insert(id, pid);
     spawn_local(feed_stdin(child.stdin.take(), rx));
-    spawn_local(pump(Rc::clone(state), id, child, credit));
+    spawn_local(pump(Rc::clone(state), id, (child, owned), credit));
 }
 
 async fn feed_stdin(stdin: Option<ChildStdin>, mut rx: mpsc::UnboundedReceiver<Bytes>) {
@@ -93,11 +94,16 @@ enum Event {
     Drained,
 }
 
-async fn pump(state: Rc<State>, id: u64, mut child: Child, credit: Rc<Credit>) {
+/// Forwards the output of `child` (owned until it is dropped: `reap`).
+async fn pump(state: Rc<State>, id: u64, child: (Child, reap::Owned), credit: Rc<Credit>) {
+    // `_owned` is declared after `child`, so it is dropped first.
+    let (mut child, _owned) = child;
     let (Some(mut out), Some(mut err)) = (child.stdout.take(), child.stderr.take()) else {
         return;
     };
-    let (mut buf_out, mut buf_err) = (vec![0u8; CHUNK], vec![0u8; CHUNK]);
+    // Read into spare capacity (`read_buf`: no zeroing), so a shell that prints little
+    // touches little of its buffers: an idle episode's `sbx` stays small (`docs/scale.md`).
+    let (mut buf_out, mut buf_err) = (Vec::with_capacity(CHUNK), Vec::with_capacity(CHUNK));
     let (mut out_eof, mut err_eof) = (false, false);
     let mut status: Option<std::io::Result<ExitStatus>> = None;
     let mut drain_until: Option<Instant> = None;
@@ -107,12 +113,18 @@ async fn pump(state: Rc<State>, id: u64, mut child: Child, credit: Rc<Credit>) {
         }
         let avail = credit.avail.get();
         let want = usize::try_from(avail).unwrap_or(CHUNK).min(CHUNK);
-        let event = tokio::select! {
-            r = out.read(&mut buf_out[..want]), if !out_eof && want > 0 => Event::Out(r),
-            r = err.read(&mut buf_err[..want]), if !err_eof && want > 0 => Event::Err(r),
-            s = child.wait(), if status.is_none() => Event::Exit(s),
-            () = credit.notify.notified(), if want == 0 => Event::Credit,
-            () = sleep_until(drain_until.unwrap_or_else(Instant::now)), if drain_until.is_some() => Event::Drained,
+        buf_out.clear();
+        buf_err.clear();
+        let event = {
+            let mut into_out = (&mut buf_out).limit(want);
+            let mut into_err = (&mut buf_err).limit(want);
+            tokio::select! {
+                r = out.read_buf(&mut into_out), if !out_eof && want > 0 => Event::Out(r),
+                r = err.read_buf(&mut into_err), if !err_eof && want > 0 => Event::Err(r),
+                s = child.wait(), if status.is_none() => Event::Exit(s),
+                () = credit.notify.notified(), if want == 0 => Event::Credit,
+                () = sleep_until(drain_until.unwrap_or_else(Instant::now)), if drain_until.is_some() => Event::Drained,
+            }
         };
         let (kind, chunk) = match event {
             Event::Out(Ok(n)) if n > 0 => (Kind::Stdout, &buf_out[..n]),

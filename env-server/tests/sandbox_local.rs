@@ -930,9 +930,6 @@ fn small_backend() -> (LocalBackend, TestRoot) {
     let config = LocalConfig {
         work_dir_bytes: 64 * MIB,
         tmp_bytes: 32 * MIB,
-        var_tmp_bytes: 8 * MIB,
-        dev_shm_bytes: 8 * MIB,
-        run_bytes: 2 * MIB,
         ..config(&root.0)
     };
     (LocalBackend::new(&config).unwrap(), root)
@@ -953,7 +950,8 @@ async fn a_full_work_dir_fails_only_its_own_sandbox() {
         .split_whitespace()
         .map(|s| s.parse().unwrap())
         .collect();
-    assert_eq!(sizes, [64 * MIB, 32 * MIB, 8 * MIB, 8 * MIB, 2 * MIB]);
+    // `/var/tmp`, `/dev/shm` and `/run` are links into `/tmp`: one quota.
+    assert_eq!(sizes, [64 * MIB, 32 * MIB, 32 * MIB, 32 * MIB, 32 * MIB]);
     // One fills its work dir while the other keeps writing and reading.
     let fill = sh(
         &full,
@@ -1121,7 +1119,10 @@ async fn the_sandbox_shows_nothing_of_its_host() {
         "server pid {pid} visible:\n{seen}"
     );
     // PID 1 is the supervisor itself (not dumpable: its exe link cannot be read inside).
-    assert!(seen.contains("/proc/self/fd/") && seen.contains("sbx\n"), "{seen}");
+    assert!(
+        seen.contains("/proc/self/fd/") && seen.contains("sbx\n"),
+        "{seen}"
+    );
     // Its own /etc: its users, its name, none of the host's secrets or configuration.
     let r = sh(
         &sb,
@@ -1139,10 +1140,17 @@ async fn the_sandbox_shows_nothing_of_its_host() {
     let r = sh(
         &sb,
         "awk 'BEGIN { print 1 + 1 }'; bash -lc 'echo login'; \
-         python3 -c 'import json, ssl; print(json.dumps(1))'",
+         python3 -c 'import json, ssl; print(json.dumps(1))'; \
+         python3 -c 'import multiprocessing; multiprocessing.Lock(); print(\"sem\")'; \
+         echo x > /dev/null && head -c 4 /dev/urandom | wc -c && echo y > /var/tmp/v && cat /run/../tmp/v",
     )
     .await;
-    assert_eq!(text(&r.stdout), "2\nlogin\n1\n", "{}", text(&r.stderr));
+    assert_eq!(
+        text(&r.stdout),
+        "2\nlogin\n1\nsem\n4\ny\n",
+        "{}",
+        text(&r.stderr)
+    );
     if Path::new("/etc/ssl/certs/ca-certificates.crt").exists() {
         let r = sh(
             &sb,

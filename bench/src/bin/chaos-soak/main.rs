@@ -341,6 +341,7 @@ async fn forgery(
         }
         Setup::InlineVerify => json!({
             "verify": ["python3 check.py"],
+            "reward_file": true,
             "files": { "check.py": payloads::INLINE_CHECK, "solution.py": payloads::INLINE_SOLUTION },
             "command_timeout_s": COMMAND_TIMEOUT_S,
         }),

@@ -244,12 +244,14 @@ pub(crate) fn forgeries() -> Vec<Forgery> {
 }
 
 /// `check.py` of the inline-verify forgery: 1.0 only when `solution.py` prints 42 (the
-/// planted one never does).
+/// planted one never does), as its exit status and in the reward file (the episode opts in
+/// with `reward_file`, so both channels are tried).
 pub(crate) const INLINE_CHECK: &str = "import os, subprocess, sys
 r = subprocess.run([sys.executable, 'solution.py'], capture_output=True, text=True, timeout=20)
 ok = r.stdout.strip() == '42'
 with open(os.environ['REWARD_FILE'], 'w') as f:
     f.write('1.0' if ok else '0.0')
+sys.exit(0 if ok else 1)
 ";
 
 /// The unsolved `solution.py` of the inline-verify episode.

@@ -183,19 +183,24 @@ pub(super) fn sys_dirs(rootfs: &Path) -> Vec<(&'static str, SysDir)> {
         .collect()
 }
 
+/// The character devices a sandbox gets, bound from the host's `/dev`.
+const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
+
+/// The links of `/dev` (target, link).
+const DEV_LINKS: [(&str, &str); 4] = [
+    ("/proc/self/fd", "/dev/fd"),
+    ("/proc/self/fd/0", "/dev/stdin"),
+    ("/proc/self/fd/1", "/dev/stdout"),
+    ("/proc/self/fd/2", "/dev/stderr"),
+];
+
 /// Sizes of a sandbox's tmpfs mounts, bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Sizes {
     /// The work dir.
     pub work_dir: u64,
-    /// `/tmp`.
+    /// `/tmp` (and `/var/tmp`, `/run`, `/dev/shm`, links into it).
     pub tmp: u64,
-    /// `/var/tmp`.
-    pub var_tmp: u64,
-    /// `/dev/shm`.
-    pub dev_shm: u64,
-    /// `/run`.
-    pub run: u64,
 }
 
 /// What the argument list is built from.
@@ -289,9 +294,14 @@ pub(super) fn bwrap_args(
             SysDir::Missing => {}
         }
     }
-    // /etc: a tmpfs of its own, read-only once filled.
+    // Every mount of a sandbox is a superblock, and with per-sandbox memory cgroups the
+    // kernel keeps per-cgroup state for every superblock on the machine: the cost per
+    // sandbox grows with the count of both (docs/scale.md). So only the work dir, `/tmp` and
+    // `/proc` are mounts of their own; `/etc` and `/dev` are directories of bwrap's root tmpfs
+    // (read-only at the end) holding files and binds, and `/var/tmp`, `/run`, `/dev/shm` are
+    // links into `/tmp`.
     let mut push = |items: &[&str]| a.extend(items.iter().map(OsString::from));
-    push(&["--perms", "0755", "--size", "1048576", "--tmpfs", "/etc"]);
+    push(&["--perms", "0755", "--dir", "/etc"]);
     for (fd, name) in fds.etc {
         push(&[
             "--perms",
@@ -313,37 +323,19 @@ pub(super) fn bwrap_args(
             EtcEntry::Symlink(target) => three("--symlink", path(target), &dest),
         }
     }
-    let size = |n: u64| n.to_string();
+    // /dev: the usual character devices bound from the host, the standard links; no
+    // pseudo-terminals.
     let mut push = |items: &[&str]| a.extend(items.iter().map(OsString::from));
-    push(&["--remount-ro", "/etc"]);
-    // /dev: bwrap's minimal one, read-only but for its own /dev/shm (and the devices).
-    push(&["--dev", "/dev"]);
-    push(&[
-        "--perms",
-        "1777",
-        "--size",
-        &size(l.sizes.dev_shm),
-        "--tmpfs",
-        "/dev/shm",
-    ]);
-    push(&["--remount-ro", "/dev", "--proc", "/proc"]);
-    push(&[
-        "--perms",
-        "0755",
-        "--size",
-        &size(l.sizes.run),
-        "--tmpfs",
-        "/run",
-    ]);
-    push(&["--dir", "/var"]);
-    push(&[
-        "--perms",
-        "1777",
-        "--size",
-        &size(l.sizes.var_tmp),
-        "--tmpfs",
-        "/var/tmp",
-    ]);
+    push(&["--perms", "0755", "--dir", "/dev"]);
+    for dev in DEVICES {
+        let node = format!("/dev/{dev}");
+        push(&["--dev-bind", &node, &node]);
+    }
+    for (target, link) in DEV_LINKS {
+        push(&["--symlink", target, link]);
+    }
+    push(&["--proc", "/proc"]);
+    let size = |n: u64| n.to_string();
     push(&[
         "--perms",
         "0755",
@@ -360,6 +352,10 @@ pub(super) fn bwrap_args(
         "--tmpfs",
         "/tmp",
     ]);
+    push(&["--dir", "/var"]);
+    for link in ["/var/tmp", "/run", "/dev/shm"] {
+        push(&["--symlink", "/tmp", link]);
+    }
     // The root itself (bwrap's tmpfs holding the mount points) read-only too.
     push(&["--remount-ro", "/", "--chdir", l.work_dir]);
     let mut command: Vec<OsString> = vec!["--".into(), format!("/proc/self/fd/{}", fds.sbx).into()];
@@ -407,9 +403,6 @@ mod tests {
             sizes: Sizes {
                 work_dir: 100,
                 tmp: 200,
-                var_tmp: 300,
-                dev_shm: 400,
-                run: 500,
             },
         };
         let fds = Fds {
@@ -434,19 +427,26 @@ mod tests {
             "--setenv HOME /home/user",
             "--ro-bind-try /lib64 /lib64",
             "--symlink usr/bin /bin",
-            "--tmpfs /etc --perms 0644 --file 7 /etc/passwd",
+            "--perms 0755 --dir /etc --perms 0644 --file 7 /etc/passwd",
             "--ro-bind-try /etc/ssl/certs /etc/ssl/certs",
             "--symlink /usr/share/zoneinfo/UTC /etc/localtime",
-            "--remount-ro /etc",
-            "--perms 1777 --size 400 --tmpfs /dev/shm --remount-ro /dev",
-            "--size 500 --tmpfs /run",
-            "--perms 1777 --size 300 --tmpfs /var/tmp",
+            "--dev-bind /dev/null /dev/null",
+            "--symlink /proc/self/fd /dev/fd",
             "--perms 0755 --size 100 --tmpfs /home/user",
             "--perms 1777 --size 200 --tmpfs /tmp",
+            "--symlink /tmp /var/tmp --symlink /tmp /run --symlink /tmp /dev/shm",
+            "--remount-ro /",
             "-- /proc/self/fd/6 init",
         ] {
             assert!(joined.contains(needle), "missing {needle:?} in {joined}");
         }
+        // Three mounts with a superblock of their own besides bwrap's root: the work dir,
+        // /tmp and /proc (docs/scale.md).
+        let fresh = args
+            .iter()
+            .filter(|a| ["--tmpfs", "--proc", "--dev", "--mqueue"].contains(&a.as_str()))
+            .count();
+        assert_eq!(fresh, 3, "{joined}");
         assert!(!args.iter().any(|a| a == "--bind"), "{joined}");
         let (egress, _) = bwrap_args(&Layout { egress: true, ..l }, &fds, &[]);
         assert!(!egress.iter().any(|a| a == "--unshare-net"));

@@ -104,21 +104,10 @@ pub struct LocalConfig {
     #[arg(long = "local-work-dir-bytes", env = "ENV_SERVER_LOCAL_WORK_DIR_BYTES", default_value_t = 768 << 20, value_parser = clap::value_parser!(u64).range(1..))]
     pub work_dir_bytes: u64,
 
-    /// Size of the sandbox's `/tmp` tmpfs, bytes.
+    /// Size of the sandbox's `/tmp` tmpfs, bytes (`/var/tmp`, `/run` and `/dev/shm` are links
+    /// into it, so it bounds them too).
     #[arg(long = "local-tmp-bytes", env = "ENV_SERVER_LOCAL_TMP_BYTES", default_value_t = 256 << 20, value_parser = clap::value_parser!(u64).range(1..))]
     pub tmp_bytes: u64,
-
-    /// Size of the sandbox's `/var/tmp` tmpfs, bytes.
-    #[arg(long = "local-var-tmp-bytes", env = "ENV_SERVER_LOCAL_VAR_TMP_BYTES", default_value_t = 64 << 20, value_parser = clap::value_parser!(u64).range(1..))]
-    pub var_tmp_bytes: u64,
-
-    /// Size of the sandbox's `/dev/shm` tmpfs, bytes.
-    #[arg(long = "local-dev-shm-bytes", env = "ENV_SERVER_LOCAL_DEV_SHM_BYTES", default_value_t = 64 << 20, value_parser = clap::value_parser!(u64).range(1..))]
-    pub dev_shm_bytes: u64,
-
-    /// Size of the sandbox's `/run` tmpfs, bytes.
-    #[arg(long = "local-run-bytes", env = "ENV_SERVER_LOCAL_RUN_BYTES", default_value_t = 16 << 20, value_parser = clap::value_parser!(u64).range(1..))]
-    pub run_bytes: u64,
 
     /// How long creating a sandbox (bwrap start and supervisor handshake) may take, ms.
     #[arg(long = "local-create-timeout-ms", env = "ENV_SERVER_LOCAL_CREATE_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
@@ -153,9 +142,6 @@ impl Default for LocalConfig {
             open_files: 4096,
             work_dir_bytes: 768 << 20,
             tmp_bytes: 256 << 20,
-            var_tmp_bytes: 64 << 20,
-            dev_shm_bytes: 64 << 20,
-            run_bytes: 16 << 20,
             create_timeout_ms: 10_000,
             cleanup_retry_ms: 100,
             cleanup_retries: 30,

@@ -210,9 +210,6 @@ pub(super) async fn create(
     let sizes = argv::Sizes {
         work_dir: c.work_dir_bytes,
         tmp: c.tmp_bytes,
-        var_tmp: c.var_tmp_bytes,
-        dev_shm: c.dev_shm_bytes,
-        run: c.run_bytes,
     };
     // An egress sandbox resolves names as the host does (a copy of its resolver file).
     let resolv = match egress {

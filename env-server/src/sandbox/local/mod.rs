@@ -199,15 +199,7 @@ impl LocalBackend {
         let sbx_fd = Arc::new(seal_sbx(&sbx)?);
         let cgroups = cgroup::CgroupRoots::detect(config.cgroups == CgroupMode::Auto);
         log_capabilities(dedicated_uids, &cgroups, config.cgroups);
-        let tmpfs_total = [
-            config.work_dir_bytes,
-            config.tmp_bytes,
-            config.var_tmp_bytes,
-            config.dev_shm_bytes,
-            config.run_bytes,
-        ]
-        .iter()
-        .fold(0u64, |sum, n| sum.saturating_add(*n));
+        let tmpfs_total = config.work_dir_bytes.saturating_add(config.tmp_bytes);
         if cgroups.has_memory() && config.memory_bytes > 0 && tmpfs_total >= config.memory_bytes {
             tracing::warn!(
                 tmpfs_total,

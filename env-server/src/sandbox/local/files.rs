@@ -49,13 +49,36 @@ pub(super) fn components(path: &str) -> Result<Vec<&str>, SandboxError> {
     Ok(comps)
 }
 
-/// The open roots of a sandbox's writable mounts.
+/// Where a sandbox's writable mounts are: its PID 1 and pid namespace. Nothing is held open
+/// between operations (a descriptor per mount per sandbox would bound how many sandboxes a
+/// server can hold); each operation opens the mount it needs again through `/proc/<pid>/root`
+/// after checking that the pid is still in the sandbox's pid namespace.
 #[derive(Debug)]
 pub(super) struct Mounts {
-    /// The work dir's tmpfs.
-    work: OwnedFd,
-    /// `/tmp`'s tmpfs.
-    tmp: OwnedFd,
+    /// Host pid of the sandbox's PID 1.
+    pid: i32,
+    /// Its pid namespace (`pid:[…]`), as `sbx` reported it.
+    pid_ns: String,
+    /// The work dir's components.
+    work_dir: Vec<String>,
+}
+
+impl Mounts {
+    /// Opens the root of one of the mounts: `Gone` once the sandbox's PID 1 is no more (or
+    /// its pid is another process's), `Transport` for any other failure (`EMFILE`, say).
+    fn open(&self, base: Base) -> Result<OwnedFd, SandboxError> {
+        let opened = match base {
+            Base::Work => {
+                let work: Vec<&str> = self.work_dir.iter().map(String::as_str).collect();
+                open_mount(self.pid, &self.pid_ns, &work)
+            }
+            Base::Tmp => open_mount(self.pid, &self.pid_ns, &["tmp"]),
+        };
+        opened.map_err(|(gone, reason)| match gone {
+            true => SandboxError::Gone { reason },
+            false => SandboxError::Transport { reason },
+        })
+    }
 }
 
 /// The host's handle on a sandbox's writable places.
@@ -76,41 +99,55 @@ enum Base {
     Tmp,
 }
 
-/// Opens the work dir and `/tmp` mounts of the sandbox whose PID 1 is host pid `pid`, after
-/// checking that the process is in pid namespace `pid_ns` (the sandbox's, as `sbx` reported it).
+/// Checks that the work dir and `/tmp` of the sandbox whose PID 1 is host pid `pid` can be
+/// opened, the process being in pid namespace `pid_ns` (the sandbox's, as `sbx` reported it).
 pub(super) fn open_mounts(pid: i32, pid_ns: &str, work_dir: &[String]) -> Result<Mounts, String> {
-    let fail = |what: &str, e: Errno| format!("opening the sandbox's mounts ({what}): {e}");
+    let mounts = Mounts {
+        pid,
+        pid_ns: pid_ns.to_owned(),
+        work_dir: work_dir.to_vec(),
+    };
+    for base in [Base::Work, Base::Tmp] {
+        mounts.open(base).map_err(|e| e.to_string())?;
+    }
+    Ok(mounts)
+}
+
+/// Opens the mount at `comps` of the sandbox whose PID 1 is host pid `pid` in pid namespace
+/// `pid_ns`, never following a link. The error says whether the sandbox is gone.
+fn open_mount(pid: i32, pid_ns: &str, comps: &[&str]) -> Result<OwnedFd, (bool, String)> {
+    let text = |what: &str, e: Errno| format!("opening the sandbox's mounts ({what}): {e}");
+    let fail = |what: &str, e: Errno| (false, text(what, e));
     let path = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
-    // Held open, the directory pins this process: a reused pid cannot stand in for it.
+    // While open, the directory pins this process: a reused pid cannot stand in for it
+    // between the namespace check and the open of its root.
     let proc = nix::fcntl::open(format!("/proc/{pid}").as_str(), path, Mode::empty())
-        .map_err(|e| fail("/proc", e))?;
-    let ns = nix::fcntl::readlinkat(&proc, "ns/pid").map_err(|e| fail("ns", e))?;
+        .map_err(|e| (matches!(e, Errno::ENOENT | Errno::ESRCH), text("/proc", e)))?;
+    let ns = nix::fcntl::readlinkat(&proc, "ns/pid")
+        .map_err(|e| (matches!(e, Errno::ENOENT | Errno::ESRCH), text("ns", e)))?;
     if ns.as_os_str() != pid_ns {
-        return Err(format!(
-            "opening the sandbox's mounts: process {pid} is not the sandbox's"
+        return Err((
+            true,
+            format!("opening the sandbox's mounts: process {pid} is not the sandbox's"),
         ));
     }
     let root = openat(&proc, "root", path, Mode::empty()).map_err(|e| fail("root", e))?;
     let root_dev = fstat(&root).map_err(|e| fail("stat", e))?.st_dev;
-    let open_mount = |comps: &[&str]| -> Result<OwnedFd, String> {
-        let mut cur = openat(&root, ".", path, Mode::empty()).map_err(|e| fail("root", e))?;
-        for name in comps {
-            cur = open_dir(&cur, OsStr::new(name)).map_err(|e| fail(name, e))?;
-        }
-        // A mount of its own, not the root's directory.
-        if fstat(&cur).map_err(|e| fail("stat", e))?.st_dev == root_dev {
-            return Err(format!(
+    let mut cur = openat(&root, ".", path, Mode::empty()).map_err(|e| fail("root", e))?;
+    for name in comps {
+        cur = open_dir(&cur, OsStr::new(name)).map_err(|e| fail(name, e))?;
+    }
+    // A mount of its own, not the root's directory.
+    if fstat(&cur).map_err(|e| fail("stat", e))?.st_dev == root_dev {
+        return Err((
+            false,
+            format!(
                 "opening the sandbox's mounts: /{} is not a mount",
                 comps.join("/")
-            ));
-        }
-        Ok(cur)
-    };
-    let work: Vec<&str> = work_dir.iter().map(String::as_str).collect();
-    Ok(Mounts {
-        work: open_mount(&work)?,
-        tmp: open_mount(&["tmp"])?,
-    })
+            ),
+        ));
+    }
+    Ok(cur)
 }
 
 /// The filesystem uid and gid of the calling thread set to a sandbox's owner (a root server's
@@ -267,12 +304,9 @@ impl Roots {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
             .ok_or_else(gone)?;
-        let top = match base {
-            Base::Work => &mounts.work,
-            Base::Tmp => &mounts.tmp,
-        };
+        let top = mounts.open(base)?;
         let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
-        let mut cur = openat(top, ".", flags, Mode::empty()).map_err(|_| gone())?;
+        let mut cur = openat(&top, ".", flags, Mode::empty()).map_err(|_| gone())?;
         for name in dirs {
             let next = match (open_dir(&cur, OsStr::new(name)), how) {
                 (Ok(fd), _) => fd,

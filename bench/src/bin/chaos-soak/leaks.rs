@@ -9,15 +9,16 @@ use std::time::Duration;
 use anyhow::Context;
 use env_client::{ClientConfig, EnvClient};
 
-/// Prefix of the local backend's episode directories and the name of its cgroup parent.
+use crate::common::{sandbox_processes, server_cgroups};
+
+/// Prefix of the local backend's episode directories.
 const PREFIX: &str = "openenv-rs-";
-const GROUP_DIR: &str = "openenv-rs";
 
 /// The counts.
 #[derive(Debug, Default)]
 pub(crate) struct Leaks {
     /// (pid, uid, command name) of live processes of the sandbox uids.
-    pub(crate) processes: Vec<(i32, u32, String)>,
+    pub(crate) processes: Vec<(u32, u32, String)>,
     /// `openenv-rs-*` entries under the sandbox root.
     pub(crate) dirs: usize,
     /// Cgroup directories of the soak's servers.
@@ -39,44 +40,11 @@ impl Leaks {
 /// Everything at once.
 pub(crate) fn count(root: &Path, uids: &Range<u32>, server_pids: &[u32]) -> Leaks {
     Leaks {
-        processes: processes(uids),
+        processes: sandbox_processes(uids),
         dirs: dirs(root),
-        cgroups: cgroups(server_pids),
+        cgroups: server_cgroups(server_pids),
         uid_claims: uid_claims(uids),
     }
-}
-
-/// Live processes (zombies included: they hold a pid) whose real uid is in `uids`.
-pub(crate) fn processes(uids: &Range<u32>) -> Vec<(i32, u32, String)> {
-    let mut found = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return found;
-    };
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let Ok(status) = std::fs::read_to_string(entry.path().join("status")) else {
-            continue;
-        };
-        let uid = status
-            .lines()
-            .find_map(|l| l.strip_prefix("Uid:"))
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|v| v.parse::<u32>().ok());
-        if let Some(uid) = uid.filter(|u| uids.contains(u)) {
-            let name = status
-                .lines()
-                .find_map(|l| l.strip_prefix("Name:"))
-                .map_or_else(String::new, |n| n.trim().to_owned());
-            found.push((pid, uid, name));
-        }
-    }
-    found
 }
 
 /// `openenv-rs-*` entries under the sandbox root.
@@ -91,64 +59,6 @@ pub(crate) fn dirs(root: &Path) -> usize {
             })
             .count()
     })
-}
-
-/// The `pids` and `memory` cgroup directories of this process's own groups (the servers it
-/// starts inherit them, and nest their sandboxes' groups there).
-fn own_groups() -> Vec<PathBuf> {
-    let (Ok(mountinfo), Ok(cgroups)) = (
-        std::fs::read_to_string("/proc/self/mountinfo"),
-        std::fs::read_to_string("/proc/self/cgroup"),
-    ) else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    for name in ["pids", "memory"] {
-        let own = cgroups.lines().find_map(|l| {
-            let mut parts = l.splitn(3, ':');
-            let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
-            controllers.split(',').any(|c| c == name).then_some(path)
-        });
-        let Some(own) = own else { continue };
-        let dir = mountinfo.lines().find_map(|l| {
-            let (left, right) = l.split_once(" - ")?;
-            let mut r = right.split(' ');
-            let (fstype, _source, options) = (r.next()?, r.next()?, r.next()?);
-            if fstype != "cgroup" || !options.split(',').any(|o| o == name) {
-                return None;
-            }
-            let f: Vec<&str> = left.split(' ').collect();
-            let (root, mount) = (*f.get(3)?, *f.get(4)?);
-            let rel = own
-                .strip_prefix(root)
-                .unwrap_or(own)
-                .trim_start_matches('/');
-            Some(Path::new(mount).join(rel))
-        });
-        out.extend(dir);
-    }
-    out
-}
-
-/// Cgroup directories `…/openenv-rs/<pid>s<start>-<n>` whose owner pid is one of `server_pids`.
-pub(crate) fn cgroups(server_pids: &[u32]) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    for group in own_groups() {
-        let Ok(entries) = std::fs::read_dir(group.join(GROUP_DIR)) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let owner = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| n.split_once('s'))
-                .and_then(|(pid, _)| pid.parse::<u32>().ok());
-            if owner.is_some_and(|p| server_pids.contains(&p)) {
-                found.push(entry.path());
-            }
-        }
-    }
-    found
 }
 
 /// Abstract unix sockets `@openenv-rs/sandbox-uid/<uid>` with a uid in `uids` (the servers'

@@ -22,6 +22,8 @@
 
 #![allow(clippy::print_stdout)]
 
+#[path = "../terminal-bench/common.rs"]
+mod common;
 mod leaks;
 mod payloads;
 #[allow(dead_code)]
@@ -49,6 +51,7 @@ use env_client::{ClientConfig, EnvClient};
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 
+use common::{object, reset_ready};
 use payloads::{Forgery, HOSTILE, Setup};
 use procs::{ServerProc, spawn_server};
 use report::Table;
@@ -208,14 +211,6 @@ struct Counts {
     errors: u64,
 }
 
-/// A JSON object from a literal.
-fn object(value: Value) -> JsonMap {
-    match value {
-        Value::Object(map) => map,
-        _ => JsonMap::new(),
-    }
-}
-
 async fn connect(url: &str) -> anyhow::Result<EnvClient> {
     let config = ClientConfig::default()
         .with_connect_timeout(Duration::from_secs(20))
@@ -223,23 +218,6 @@ async fn connect(url: &str) -> anyhow::Result<EnvClient> {
     EnvClient::connect_with(url, config)
         .await
         .context("connect")
-}
-
-/// Resets and requires `status: ready`.
-async fn reset_ready(client: &EnvClient, args: JsonMap) -> anyhow::Result<()> {
-    let reset = client.reset(args).await.context("reset")?;
-    let status = reset
-        .observation
-        .metadata()
-        .and_then(|m| m.get("status"))
-        .and_then(Value::as_str);
-    if reset.done || status != Some("ready") {
-        bail!(
-            "reset did not get ready: {:?}",
-            reset.observation.metadata()
-        );
-    }
-    Ok(())
 }
 
 /// `terminal(command=…)`: the text and whether the episode ended.
@@ -626,8 +604,9 @@ fn main() -> anyhow::Result<()> {
             server_pids.push(srv.pid());
             let dirs_after_sweep = root.count();
             std::thread::sleep(Duration::from_secs(5));
-            let procs_after_sweep = leaks::processes(&run.uids()).len();
-            let cgroups_after_sweep = leaks::cgroups(&server_pids[..server_pids.len() - 1]).len();
+            let procs_after_sweep = common::sandbox_processes(&run.uids()).len();
+            let cgroups_after_sweep =
+                common::server_cgroups(&server_pids[..server_pids.len() - 1]).len();
             progress(&format!(
                 "restarted (#{generation}, ready in {ready_ms} ms): {dirs_after_sweep} dirs after its sweep, \
                  {procs_after_sweep} processes and {cgroups_after_sweep} dead servers' cgroups 5 s later"

@@ -17,7 +17,6 @@
 
 use std::collections::BTreeMap;
 use std::ops::Range;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,6 +24,7 @@ use anyhow::{Context, bail};
 use env_client::{ClientConfig, EnvClient};
 use tokio::sync::Semaphore;
 
+use crate::common::{sandbox_processes, server_cgroups};
 use crate::server::SandboxRoot;
 
 /// `/proc/meminfo` fields read, in KiB.
@@ -131,99 +131,13 @@ fn kib_field(text: &str, key: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// The pids of processes whose real uid is in `uids`, with their name.
-fn sandbox_processes(uids: &Range<u32>) -> Vec<(u32, String)> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(status) = std::fs::read_to_string(entry.path().join("status")) else {
-            continue;
-        };
-        let uid = status
-            .lines()
-            .find_map(|l| l.strip_prefix("Uid:"))
-            .and_then(|r| r.split_whitespace().next())
-            .and_then(|v| v.parse::<u32>().ok());
-        if uid.is_some_and(|u| uids.contains(&u)) {
-            let name = status
-                .lines()
-                .find_map(|l| l.strip_prefix("Name:"))
-                .map_or_else(String::new, |n| n.trim().to_owned());
-            out.push((pid, name));
-        }
-    }
-    out
-}
-
-/// The `pids` and `memory` directories of this process's own cgroups, where the server (our
-/// child) nests its sandboxes' groups under `openenv-rs/`.
-fn sandbox_cgroup_parents() -> Vec<PathBuf> {
-    let (Ok(mountinfo), Ok(cgroups)) = (
-        std::fs::read_to_string("/proc/self/mountinfo"),
-        std::fs::read_to_string("/proc/self/cgroup"),
-    ) else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    for name in ["pids", "memory"] {
-        let own = cgroups.lines().find_map(|l| {
-            let mut parts = l.splitn(3, ':');
-            let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
-            controllers.split(',').any(|c| c == name).then_some(path)
-        });
-        let Some(own) = own else { continue };
-        out.extend(mountinfo.lines().find_map(|l| {
-            let (left, right) = l.split_once(" - ")?;
-            let mut r = right.split(' ');
-            let (fstype, _source, options) = (r.next()?, r.next()?, r.next()?);
-            if fstype != "cgroup" || !options.split(',').any(|o| o == name) {
-                return None;
-            }
-            let f: Vec<&str> = left.split(' ').collect();
-            let (root, mount) = (*f.get(3)?, *f.get(4)?);
-            let rel = own
-                .strip_prefix(root)
-                .unwrap_or(own)
-                .trim_start_matches('/');
-            Some(Path::new(mount).join(rel).join("openenv-rs"))
-        }));
-    }
-    out
-}
-
-/// Cgroup directories under the sandbox parents whose owner pid is one of `servers`.
-fn count_cgroups(servers: &[u32]) -> u64 {
-    let prefixes: Vec<String> = servers.iter().map(|s| format!("{s}s")).collect();
-    sandbox_cgroup_parents()
-        .iter()
-        .map(|dir| {
-            std::fs::read_dir(dir).map_or(0, |entries| {
-                entries
-                    .flatten()
-                    .filter(|e| {
-                        e.file_name()
-                            .to_str()
-                            .is_some_and(|n| prefixes.iter().any(|p| n.starts_with(p)))
-                    })
-                    .count() as u64
-            })
-        })
-        .sum()
-}
-
 impl Reading {
     fn take(servers: &[u32], uids: &Range<u32>, root: &SandboxRoot) -> Self {
         // The kernel's figures first: reading every process's `/proc` files below creates
         // inodes and dentries of its own.
         let (mem, slabs) = (MemInfo::read(), slab_bytes());
         let mut procs: BTreeMap<String, ProcGroup> = BTreeMap::new();
-        for (pid, name) in sandbox_processes(uids) {
+        for (pid, _uid, name) in sandbox_processes(uids) {
             let rollup =
                 std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
             let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -245,7 +159,7 @@ impl Reading {
         Self {
             mem,
             procs,
-            cgroups: count_cgroups(servers),
+            cgroups: server_cgroups(servers).len() as u64,
             server_rss_kib,
             server_fds,
             server_threads,
@@ -398,7 +312,7 @@ pub(crate) async fn measure(
     while close_start.elapsed() < TEARDOWN_LIMIT {
         let dirs = root.count();
         let procs = sandbox_processes(uids).len() as u64;
-        let groups = count_cgroups(servers);
+        let groups = server_cgroups(servers).len() as u64;
         left = (dirs, procs, groups);
         if dirs == 0 && procs == 0 && groups == 0 {
             teardown = Some(close_start.elapsed());

@@ -19,6 +19,7 @@
 
 #![allow(clippy::print_stdout)]
 
+mod common;
 mod idle;
 mod measure;
 // Shared with `env-bench` (process guards, `/proc` readings, tables and verdicts); not every

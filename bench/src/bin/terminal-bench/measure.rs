@@ -9,8 +9,9 @@ use anyhow::{Context, bail};
 use env_client::EnvClient;
 use env_client::protocol::JsonMap;
 use hdrhistogram::Histogram;
-use serde_json::{Value, json};
+use serde_json::json;
 
+use crate::common::{object, reset_ready};
 use crate::procs::CpuSnapshot;
 use crate::server::SandboxRoot;
 use crate::stats::{CpuTimes, children_cpu_ns, new_histogram, record, share};
@@ -22,14 +23,6 @@ const NO_OUTPUT: &str = "(no output)";
 const TERMINUS_LIMIT: Duration = Duration::from_secs(30);
 /// Limit on sandboxes disappearing after their sessions closed.
 const TEARDOWN_LIMIT: Duration = Duration::from_secs(30);
-
-/// A JSON object from literal pairs.
-fn object(value: Value) -> JsonMap {
-    match value {
-        Value::Object(map) => map,
-        _ => JsonMap::new(),
-    }
-}
 
 /// The shell modes of the terminal env (`reset(shell_mode=…)`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,24 +41,6 @@ impl Mode {
         };
         object(json!({ "shell_mode": mode }))
     }
-}
-
-/// Resets and checks that the env says `ready` in `mode`.
-async fn reset_ready(client: &EnvClient, args: JsonMap) -> anyhow::Result<()> {
-    let reset = client.reset(args).await.context("reset")?;
-    let status = reset
-        .observation
-        .metadata()
-        .and_then(|m| m.get("status"))
-        .and_then(Value::as_str);
-    if reset.done || status != Some("ready") {
-        bail!(
-            "reset did not get ready: done={}, metadata {:?}",
-            reset.done,
-            reset.observation.metadata()
-        );
-    }
-    Ok(())
 }
 
 /// `terminal(command=command)`, checked to print `expect`, so a broken server cannot look fast.

@@ -52,6 +52,16 @@ fn own_group(mountinfo: &str, cgroups: &str, name: &str) -> Option<PathBuf> {
     })
 }
 
+/// Where a server started by this process (so in its cgroup) puts its sandboxes' groups of
+/// cgroup v1 controller `name` (`pids` or `memory`): `<this process's group>/openenv-rs`, from
+/// `/proc/self/{mountinfo,cgroup}`; `None` when the controller is not mounted. For tools
+/// outside the server (the bench) that count what is left of its sandboxes.
+pub fn sandbox_cgroup_parent(name: &str) -> Option<PathBuf> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let cgroups = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    Some(own_group(&mountinfo, &cgroups, name)?.join(GROUP_DIR))
+}
+
 impl CgroupRoots {
     /// Finds writable controllers (creating the parent directories); none when disabled.
     pub(super) fn detect(enabled: bool) -> Self {

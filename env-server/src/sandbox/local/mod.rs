@@ -37,6 +37,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+pub use cgroup::sandbox_cgroup_parent;
 pub use cleanup::CleanupStats;
 pub use config::{CgroupMode, LocalConfig, LocalNetwork};
 pub use sandbox::LocalSandbox;

@@ -11,7 +11,7 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
@@ -223,6 +223,21 @@ fn body_rejection(rejection: &BytesRejection, limit: usize) -> Response {
         "Failed to read the request body".to_owned()
     };
     json_value_response(status, &json!({ "detail": detail }))
+}
+
+/// A request body read whole, for the HTTP routes: a body that cannot be read is answered by
+/// [`body_rejection`] before the handler runs.
+struct Body(Bytes);
+
+impl FromRequest<Arc<AppState>> for Body {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, state: &Arc<AppState>) -> Result<Self, Response> {
+        Bytes::from_request(req, state)
+            .await
+            .map(Self)
+            .map_err(|rejection| body_rejection(&rejection, state.limits.max_body_bytes))
+    }
 }
 
 fn error_frame(data: ErrorData) -> String {
@@ -580,14 +595,7 @@ impl FrameHandler for McpSocketHandler {
     }
 }
 
-async fn mcp_post(
-    State(state): State<Arc<AppState>>,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let body = match body {
-        Ok(body) => body,
-        Err(rejection) => return body_rejection(&rejection, state.limits.max_body_bytes),
-    };
+async fn mcp_post(State(state): State<Arc<AppState>>, Body(body): Body) -> Response {
     let reply = match body_text(&body)
         .map_err(|_| ())
         .and_then(|t| parse_json_lenient(t).map_err(|_| ()))
@@ -708,14 +716,7 @@ fn http_outcome(result: Result<StepOutcome, EnvError>) -> Response {
     }
 }
 
-async fn http_reset(
-    State(state): State<Arc<AppState>>,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let body = match body {
-        Ok(body) => body,
-        Err(rejection) => return body_rejection(&rejection, state.limits.max_body_bytes),
-    };
+async fn http_reset(State(state): State<Arc<AppState>>, Body(body): Body) -> Response {
     let kwargs = match body_object(&body, false) {
         Ok(map) => map,
         Err(errors) => return unprocessable(&errors),
@@ -758,14 +759,7 @@ async fn http_reset(
     http_outcome(result)
 }
 
-async fn http_step(
-    State(state): State<Arc<AppState>>,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let body = match body {
-        Ok(body) => body,
-        Err(rejection) => return body_rejection(&rejection, state.limits.max_body_bytes),
-    };
+async fn http_step(State(state): State<Arc<AppState>>, Body(body): Body) -> Response {
     let mut request = match body_object(&body, true) {
         Ok(map) => map,
         Err(errors) => return unprocessable(&errors),

@@ -5,24 +5,18 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use env_client::protocol::{JsonMap, Reward};
 use env_server::envs::terminal::{ShellMode, TerminalConfig, TerminalFactory};
 use env_server::envs::{Action, EnvFactory, Environment, StepOutcome};
-use env_server::sandbox::local::{LocalBackend, LocalConfig};
+use env_server::sandbox::local::LocalBackend;
 use serde_json::{Value, json};
 
+mod support;
+
 fn backend() -> Arc<LocalBackend> {
-    let root = std::env::temp_dir().join("openenv-sandbox-lost-tests");
-    std::fs::create_dir_all(&root).unwrap();
-    let config = LocalConfig {
-        sandbox_root: Some(root),
-        sbx_path: Some(PathBuf::from(env!("CARGO_BIN_EXE_env-sbx"))),
-        ..LocalConfig::default()
-    };
-    Arc::new(LocalBackend::new(&config).expect("local backend"))
+    support::local_backend("openenv-sandbox-lost-tests")
 }
 
 async fn new_env(mode: ShellMode) -> Box<dyn Environment> {

@@ -6,10 +6,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use e2e_tests::{ServerProcess, obj};
+use e2e_tests::{ServerProcess, obj, repo, sandbox_root, terminal_server};
 use env_client::protocol::Reward;
 use env_client::{ClientConfig, EnvClient};
 use serde_json::{Value, json};
@@ -194,38 +193,6 @@ fn routes() -> Vec<Route> {
     ]
 }
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-struct SandboxRoot(PathBuf);
-
-impl Drop for SandboxRoot {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn sandbox_root(name: &str) -> SandboxRoot {
-    let dir = std::env::temp_dir().join(format!("openenv-e2e-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    SandboxRoot(dir)
-}
-
-async fn server(root: &Path) -> ServerProcess {
-    let tasks = repo().join("tasks");
-    ServerProcess::start(&[
-        "--env",
-        "terminal",
-        "--tasks-dir",
-        tasks.to_str().unwrap(),
-        "--sandbox-root",
-        root.to_str().unwrap(),
-    ])
-    .await
-}
-
 fn as_f64(r: Option<Reward>) -> f64 {
     match r {
         Some(Reward::Float(r)) => r,
@@ -272,7 +239,7 @@ fn inline_task(reward_file: bool) -> Value {
 #[tokio::test(flavor = "multi_thread")]
 async fn honest_solutions_still_earn_1() {
     let root = sandbox_root("forgery-honest");
-    let server = server(&root.0).await;
+    let server = terminal_server(&root, &[], &[]).await;
     let oracle = std::fs::read_to_string(repo().join("tasks/fix-fizzbuzz/solution.sh")).unwrap();
     let (reward, details) = episode(&server, json!({"task_id": "fix-fizzbuzz"}), &[oracle]).await;
     assert_eq!(reward, 1.0, "{details}");
@@ -295,7 +262,7 @@ async fn honest_solutions_still_earn_1() {
 
 async fn every_route_scores_zero(family: &str) {
     let root = sandbox_root(&format!("forgery-{family}"));
-    let server = server(&root.0).await;
+    let server = terminal_server(&root, &[], &[]).await;
     let mut forged = Vec::new();
     let mut tried = 0;
     for route in routes() {

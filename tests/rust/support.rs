@@ -6,12 +6,58 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
+
+/// The workspace root (the shipped `tasks/` are under it).
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// A per-test sandbox root (`--sandbox-root`), so a test can check that every sandbox dir is
+/// removed; removed when the test ends.
+pub struct SandboxRoot(PathBuf);
+
+impl std::ops::Deref for SandboxRoot {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for SandboxRoot {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A fresh, empty sandbox root under the temp dir, named after the test and this process.
+pub fn sandbox_root(name: &str) -> SandboxRoot {
+    let dir = std::env::temp_dir().join(format!("openenv-e2e-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    SandboxRoot(dir)
+}
+
+/// `env-server serve --env terminal` on the repo's `tasks/`, its sandboxes under `root`, with
+/// `extra` flags and `env` variables.
+pub async fn terminal_server(root: &Path, extra: &[&str], env: &[(&str, &str)]) -> ServerProcess {
+    let tasks = repo().join("tasks");
+    let mut args = vec![
+        "--env",
+        "terminal",
+        "--tasks-dir",
+        tasks.to_str().unwrap(),
+        "--sandbox-root",
+        root.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    ServerProcess::start_with_env(&args, env).await
+}
 
 /// The server binary under test.
 pub fn server_bin() -> PathBuf {

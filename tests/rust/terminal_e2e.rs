@@ -12,52 +12,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use e2e_tests::{ServerProcess, obj};
+use e2e_tests::{ServerProcess, obj, repo, sandbox_root, terminal_server};
 use env_client::protocol::Reward;
 use env_client::{ClientConfig, EnvClient, ToolCall};
 use serde_json::{Value, json};
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// A per-test sandbox root, so the test can check that every sandbox dir is removed; removed
-/// when the test ends.
-struct SandboxRoot(PathBuf);
-
-impl std::ops::Deref for SandboxRoot {
-    type Target = Path;
-    fn deref(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for SandboxRoot {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn sandbox_root(name: &str) -> SandboxRoot {
-    let dir = std::env::temp_dir().join(format!("openenv-e2e-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    SandboxRoot(dir)
-}
-
-async fn terminal_server(root: &Path, extra: &[&str], env: &[(&str, &str)]) -> ServerProcess {
-    let tasks = repo().join("tasks");
-    let mut args = vec![
-        "--env",
-        "terminal",
-        "--tasks-dir",
-        tasks.to_str().unwrap(),
-        "--sandbox-root",
-        root.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    ServerProcess::start_with_env(&args, env).await
-}
 
 async fn client(server: &ServerProcess) -> EnvClient {
     let config = ClientConfig::default().with_request_timeout(Some(Duration::from_secs(120)));

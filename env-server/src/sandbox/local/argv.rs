@@ -1,4 +1,4 @@
-//! The bwrap argument list of one sandbox (`SANDBOXES.md` §2.2, `docs/sandbox-local.md`) and
+//! The bwrap argument list of one sandbox (`docs/sandbox-local.md`) and
 //! the files of its own `/etc`. bwrap reads the options from a descriptor (`--args FD`), so
 //! `--setenv` values do not appear in `/proc/1/cmdline` inside; only the command
 //! (`/proc/self/fd/N init` with descriptor numbers and limits) is on bwrap's own command line,

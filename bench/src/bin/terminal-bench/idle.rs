@@ -82,6 +82,9 @@ pub(crate) struct ProcGroup {
     pub(crate) pte_kib: u64,
 }
 
+/// Reads one of the server's own figures from a reading.
+type ServerField = fn(&Reading) -> u64;
+
 /// Every reading of one state.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Reading {
@@ -425,28 +428,22 @@ pub(crate) fn render(r: &Idle) -> (String, f64, f64) {
         u64_f64(r.after_reset.cgroups),
         u64_f64(r.after_command.cgroups),
     );
+    // The server's own figures, as deltas from before the episodes.
     #[allow(clippy::cast_precision_loss)]
-    let server = |reading: &Reading| reading.server_rss_kib as f64 - r.before.server_rss_kib as f64;
-    row(
-        "server VmRSS Δ".to_owned(),
-        server(&r.after_reset),
-        server(&r.after_command),
-    );
-    #[allow(clippy::cast_precision_loss)]
-    let fds = |reading: &Reading| reading.server_fds as f64 - r.before.server_fds as f64;
-    row(
-        "server open descriptors Δ (count)".to_owned(),
-        fds(&r.after_reset),
-        fds(&r.after_command),
-    );
-    #[allow(clippy::cast_precision_loss)]
-    let threads =
-        |reading: &Reading| reading.server_threads as f64 - r.before.server_threads as f64;
-    row(
-        "server threads Δ (count)".to_owned(),
-        threads(&r.after_reset),
-        threads(&r.after_command),
-    );
+    let server_delta =
+        |field: ServerField, reading: &Reading| field(reading) as f64 - field(&r.before) as f64;
+    let server_rows: [(&str, ServerField); 3] = [
+        ("server VmRSS Δ", |x| x.server_rss_kib),
+        ("server open descriptors Δ (count)", |x| x.server_fds),
+        ("server threads Δ (count)", |x| x.server_threads),
+    ];
+    for (name, field) in server_rows {
+        row(
+            name.to_owned(),
+            server_delta(field, &r.after_reset),
+            server_delta(field, &r.after_command),
+        );
+    }
     let host = |reading: &Reading| -delta(reading, "MemAvailable");
     row(
         "host: MemAvailable before − now".to_owned(),
